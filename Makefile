@@ -1,0 +1,47 @@
+# Every target sets itself up from nothing: a .venv is created and the project installed into it on demand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test test-all demo lint protos protos-check bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[datasets,bench,dev]'
+	touch $(STAMP)
+
+## make test: the default (fast) test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## make test-all: including the tests marked slow
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m 'not fpga'
+
+## make demo: the main job on the embedded default (MNIST-1D)
+demo: $(STAMP)
+	$(VENV)/bin/nessa demo
+
+## make lint: ruff, formatting, mypy and a check that the generated protobuf code is fresh
+lint: $(STAMP) protos-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy nessa services trainer
+
+## make protos: regenerate nessa/v1 from proto/nessa/v1
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+protos-check: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+## make bench: every benchmark (prints the README's figures)
+bench: $(STAMP)
+	$(PY) bench/store.py
+	$(PY) bench/kernels.py
+	$(PY) bench/selection.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""Server-side processes of NeSSA (installed as ``nessa.services``)."""

@@ -1,0 +1,1 @@
+"""The storage daemon: gRPC servicer, selection jobs and sample streaming."""

@@ -1,0 +1,1 @@
+"""The trainer process (installed as ``nessa.trainer``): models, epoch loop, checkpoints."""
