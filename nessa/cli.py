@@ -34,12 +34,241 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it like 3,32,32") from None
+    if not shape or any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it like 3,32,32")
+    return shape
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _disk_bytes(path: str) -> int:
+    import os
+
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from nessa.store import ingest
+    from nessa.store.manifest import Manifest
+
+    paths = ingest(
+        args.source,
+        args.dest,
+        format=args.format,
+        shards=args.shards,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        sample_column=args.sample_column,
+        label_column=args.label_column,
+        sample_shape=args.sample_shape,
+        columns=tuple(args.column or ()),
+    )
+    if not args.quiet:
+        for path in paths:
+            m = Manifest.load(path)
+            print(
+                f"{path}: {m.num_samples} samples, {m.num_classes} classes, {m.codec.describe()}, "
+                f"{len(m.shards)} shard(s), {_human_bytes(m.total_bytes)}"
+            )
+    return 0
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from nessa.store.sources import FORMATS, GENERATED
+
+    p = sub.add_parser(
+        "ingest",
+        help="store a dataset as LMDB shards (from .npz, Parquet/Arrow, an image folder or a generated set)",
+        description="Write SOURCE as a dataset directory DEST (and DEST-test when the source has a test split), "
+        "atomically: a crash or bad input leaves nothing under DEST. SOURCE is a path (format from its suffix, or "
+        f"a directory for an image folder) or a generated set: {', '.join(GENERATED)}.",
+    )
+    p.add_argument("source", help=f"a .npz/.parquet/.arrow file, an image-folder directory, or {'/'.join(GENERATED)}")
+    p.add_argument("dest", help="the dataset directory to create")
+    p.add_argument("--format", choices=FORMATS, default=None, help="the source's format (default: inferred)")
+    p.add_argument("--shards", type=int, default=1, help="LMDB shards per dataset (default: 1)")
+    p.add_argument("--num-samples", type=int, default=None, help="generated sets: total samples over both splits")
+    p.add_argument("--seed", type=int, default=None, help="generated sets: random seed (default: 0)")
+    p.add_argument(
+        "--test-fraction", type=float, default=None, help="generated sets: share written to DEST-test (0: none)"
+    )
+    p.add_argument("--sample-column", default=None, help="npz/parquet/arrow: the samples' array or column")
+    p.add_argument("--label-column", default=None, help="npz/parquet/arrow: the labels' array or column")
+    p.add_argument(
+        "--sample-shape", type=_parse_shape, default=None, help="numeric samples: per-sample shape, e.g. 3,32,32"
+    )
+    p.add_argument(
+        "--column", action="append", metavar="NAME", help="npz/parquet/arrow: keep this per-sample column (repeat)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing datasets (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(handler=_cmd_ingest)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from nessa.store import verify
+
+    status = 0
+    for path in args.dest:
+        report = verify(path, raise_on_error=False)
+        if report.ok:
+            if not args.quiet:
+                print(
+                    f"{report.path}: ok ({report.shards_checked} shard(s), {report.samples_checked} samples, "
+                    f"{_human_bytes(report.bytes_checked)} checked)"
+                )
+            continue
+        status = 1
+        print(f"nessa verify: {report.path}: {len(report.problems)} problem(s):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("  re-ingest the dataset (or restore the damaged shards from a copy)", file=sys.stderr)
+    return status
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check every shard of a dataset against its manifest (count, keys, sha256)",
+        description="Read every shard of each dataset and check record count, key range, value sizes and sha256 "
+        "against the manifest. Exit status: 0 sound, 1 problems found (each printed with the shard's path), "
+        "2 not a dataset.",
+    )
+    p.add_argument("dest", nargs="+", help="dataset directories")
+    p.add_argument("--quiet", action="store_true", help="print only problems")
+    p.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from nessa.store.manifest import Manifest
+
+    path = Path(args.dest).absolute()
+    m = Manifest.load(path)
+    disk = _disk_bytes(str(path))
+    if args.json:
+        info = {
+            "path": str(path),
+            "name": m.name,
+            "format_version": m.format_version,
+            "num_samples": m.num_samples,
+            "num_classes": m.num_classes,
+            "class_names": list(m.class_names),
+            "codec": m.codec.to_dict(),
+            "num_shards": len(m.shards),
+            "bytes": m.total_bytes,
+            "disk_bytes": disk,
+            "columns": [c.to_dict() for c in m.columns],
+            "shards": [s.to_dict() for s in m.shards],
+            "ingest_id": m.ingest_id,
+            "created": m.created,
+            "source": dict(m.source),
+        }
+        print(json.dumps(info, indent=2))
+        return 0
+    names = ", ".join(m.class_names[:10]) + (", ..." if m.num_classes > 10 else "")
+    rows = [
+        ("name", m.name),
+        ("path", str(path)),
+        ("samples", str(m.num_samples)),
+        ("classes", f"{m.num_classes} ({names})"),
+        ("codec", m.codec.describe()),
+        ("shards", str(len(m.shards))),
+        ("bytes", f"{m.total_bytes} ({_human_bytes(m.total_bytes)}) stored, {_human_bytes(disk)} on disk"),
+        ("columns", ", ".join(c.name for c in m.columns) or "none"),
+        ("created", m.created),
+        ("source", ", ".join(f"{k}={v}" for k, v in m.source.items())),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<9} {value}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a stored dataset (samples, classes, codec, shards, bytes)")
+    p.add_argument("dest", help="the dataset directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_cmd_info)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # The command line is the composition root: it alone reaches into nessa.services (imported lazily, so the
+    # library never depends on the daemon).
+    import logging
+
+    from nessa.services.storage.config import DaemonConfig
+    from nessa.services.storage.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = DaemonConfig(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=DaemonConfig.token_from_env(args.token),
+        state_dir=args.state_dir,
+        engine=args.engine,
+        max_workers=args.max_workers,
+        max_proxy_bytes=args.max_proxy_bytes,
+        max_concurrent_selections=args.max_concurrent_selections,
+        grace_seconds=args.grace,
+    )
+    return serve(config)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the storage daemon over every dataset under a directory",
+        description="Serve every dataset under --data-dir over gRPC (nessa.v1.Storage, health, reflection) and "
+        "Prometheus metrics. SIGTERM shuts down gracefully.",
+    )
+    p.add_argument("--data-dir", required=True, help="directory whose sub-directories are datasets")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default: 50051)")
+    p.add_argument("--metrics-port", type=int, default=9400, help="/metrics port; 0 picks one, -1 disables (9400)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain; with --tls-key serves TLS only")
+    p.add_argument("--tls-key", default=None, help="PEM private key")
+    p.add_argument("--token", default=None, help="bearer token clients must send (default: $NESSA_TOKEN; none)")
+    p.add_argument("--state-dir", default=None, help="where proxies and selections persist (<data-dir>/.nessa-state)")
+    p.add_argument("--engine", default="opencl", choices=("opencl", "torch", "numpy"), help="proxy engine (opencl)")
+    p.add_argument("--max-workers", type=int, default=16, help="RPC threads = most calls at once (default: 16)")
+    p.add_argument("--max-proxy-bytes", type=int, default=512 << 20, help="largest proxy accepted (512 MiB)")
+    p.add_argument("--max-concurrent-selections", type=int, default=4, help="Select calls at once (default: 4)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown (10)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="nessa", description="NeSSA: near-storage data selection.")
     parser.add_argument("--version", action="version", version=f"nessa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo,):
+    for add in (_add_demo, _add_ingest, _add_verify, _add_info, _add_serve):
         add(sub)
     return parser
 

@@ -1,0 +1,323 @@
+"""Reading datasets: :func:`open_dataset` and :class:`DatasetReader`.
+
+Opening a dataset reads its manifest, ``labels.npy`` and ``sizes.npy`` and checks that every shard's directory
+and ``data.mdb`` exist (a missing shard fails here, naming it). Shard environments are opened lazily, on first
+read, read-only and unlocked, shared within the process and reopened after ``fork`` (see
+:mod:`nessa.store.lmdbenv`); opening one also refuses a truncated ``data.mdb``.
+
+:meth:`DatasetReader.read` groups the requested indices by shard and reads each shard's keys in one read
+transaction with one sorted ``Cursor.getmulti`` pass; results come back in request order, duplicates allowed.
+A key that is missing, or a value whose length differs from ``sizes.npy``, raises
+:class:`~nessa.errors.DataCorruptionError` naming the shard: never a silent short read. ``read`` does *not*
+hash values (a flipped bit inside a value is found by :func:`nessa.store.verify`, which hashes whole shards;
+hashing on every read would cost more than the read). Reads are thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, OutOfRangeError
+from nessa.store import lmdbenv
+from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
+from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encode_keys
+
+__all__ = ["DatasetReader", "open_dataset"]
+
+
+def _damaged(path: Path, what: str) -> DataCorruptionError:
+    return DataCorruptionError(
+        f"{path}: {what}; the dataset is damaged: run `nessa verify` on it and re-ingest it (or restore it)"
+    )
+
+
+def _load_vector(root: Path, name: str, n: int) -> np.ndarray:
+    path = root / name
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise _damaged(path, "the file is missing") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise _damaged(path, f"unreadable ({exc})") from exc
+    if arr.shape != (n,) or arr.dtype.kind not in "iu":
+        raise _damaged(path, f"expected {n} integers, found shape {arr.shape} dtype {arr.dtype}")
+    out = arr.astype(np.int64, copy=False)
+    out.setflags(write=False)
+    return out
+
+
+def _as_indices(indices: Any) -> np.ndarray:
+    arr = np.asarray(indices)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"indices must be 1-D; got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"indices must be integers; got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+class DatasetReader:
+    """Thread-safe, fork-aware read access to one stored dataset. Build it with :func:`open_dataset`.
+
+    Attributes:
+        path: the dataset directory.
+        manifest: its manifest.
+    """
+
+    def __init__(self, path: Path | str, *, max_readers: int = DEFAULT_MAX_READERS) -> None:
+        self.path = Path(path).absolute()
+        self.manifest = Manifest.load(self.path)
+        n = self.manifest.num_samples
+        self._labels = _load_vector(self.path, LABELS_FILE, n)
+        self._sizes = _load_vector(self.path, SIZES_FILE, n)
+        if n and (int(self._labels.min()) < 0 or int(self._labels.max()) >= self.manifest.num_classes):
+            raise _damaged(self.path / LABELS_FILE, f"labels outside [0, {self.manifest.num_classes})")
+        for shard in self.manifest.shards:
+            shard_dir = self.path / shard.path
+            if not shard_dir.is_dir():
+                raise _damaged(shard_dir, "the shard directory is missing")
+            if not (shard_dir / DATA_FILE).is_file():
+                raise _damaged(shard_dir, f"the shard's {DATA_FILE} is missing")
+        self._starts = np.array([s.first_index for s in self.manifest.shards], dtype=np.int64)
+        self._max_readers = max_readers
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._envs: list[tuple[tuple[int, int], lmdb.Environment] | None] = [None] * len(self.manifest.shards)
+        self._closed = False
+
+    # -- facts -------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"DatasetReader({str(self.path)!r}, samples={m.num_samples}, codec={m.codec.describe()!r})"
+
+    @property
+    def name(self) -> str:
+        """The dataset's name."""
+        return self.manifest.name
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 label per sample (read-only)."""
+        return self._labels
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """int64 stored byte length per sample (read-only)."""
+        return self._sizes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.manifest.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class."""
+        return list(self.manifest.class_names)
+
+    @property
+    def codec(self) -> Codec:
+        """How values decode."""
+        return self.manifest.codec
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """Shape of one decoded sample for the raw codec; ``None`` for encoded images/bytes."""
+        return self.manifest.codec.shape
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """Dtype of a decoded sample for the raw codec; ``None`` for encoded images/bytes."""
+        return self.manifest.codec.numpy_dtype
+
+    @property
+    def num_shards(self) -> int:
+        """Number of LMDB shards."""
+        return len(self.manifest.shards)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of every stored value's length."""
+        return self.manifest.total_bytes
+
+    def nbytes(self, indices: Sequence[int] | np.ndarray) -> int:
+        """Stored bytes of the given samples (duplicates counted each time), from ``sizes.npy``: no shard read."""
+        idx = self._check(indices)
+        return int(self._sizes[idx].sum()) if idx.size else 0
+
+    def shard_of(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Shard number of each index."""
+        idx = self._check(indices)
+        return np.searchsorted(self._starts, idx, side="right").astype(np.int64) - 1
+
+    def column(self, name: str) -> np.ndarray:
+        """The extra per-sample column ``name`` (memory-mapped, read-only)."""
+        info = self.manifest.column(name)
+        path = self.path / info.file
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _damaged(path, f"column {name!r} is unreadable ({exc})") from exc
+        if len(arr) != len(self):
+            raise _damaged(path, f"column {name!r} has {len(arr)} rows, the dataset {len(self)}")
+        return arr
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _check(self, indices: Any) -> np.ndarray:
+        idx = _as_indices(indices)
+        if idx.size:
+            lo, hi = int(idx.min()), int(idx.max())
+            n = len(self)
+            if lo < 0 or hi >= n:
+                bad = lo if lo < 0 else hi
+                raise OutOfRangeError(
+                    f"index {bad} is out of range for dataset {self.name!r} with {n} samples (valid: 0..{n - 1})"
+                )
+        return idx
+
+    def _env(self, shard: int) -> lmdb.Environment:
+        if self._closed:
+            raise FailedPreconditionError(f"dataset reader for {self.path} is closed; open the dataset again")
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's environments are not ours to use or release
+                self._envs = [None] * len(self._envs)
+                self._pid = os.getpid()
+            held = self._envs[shard]
+            if held is None:
+                held = lmdbenv.acquire(self.path / self.manifest.shards[shard].path, self._max_readers)
+                self._envs[shard] = held
+            return held[1]
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> list[bytes]:
+        """The stored bytes of each index, in the order given (duplicates allowed).
+
+        One read transaction per shard touched; keys are fetched in sorted order with ``Cursor.getmulti``.
+
+        Raises:
+            OutOfRangeError: an index outside ``[0, len(self))``.
+            InvalidArgumentError: indices that are not 1-D integers.
+            DataCorruptionError: a missing key or a value of the wrong length (naming the shard).
+        """
+        idx = self._check(indices)
+        out: list[bytes] = [b""] * len(idx)
+        if not idx.size:
+            return out
+        shard_ids = np.searchsorted(self._starts, idx, side="right") - 1
+        order = np.argsort(shard_ids, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard_ids[order])) + 1
+        for group in np.split(order, bounds):
+            shard = int(shard_ids[group[0]])
+            wanted = idx[group]
+            unique, inverse = np.unique(wanted, return_inverse=True)
+            env = self._env(shard)
+            with env.begin(buffers=False) as txn:
+                found = txn.cursor().getmulti(encode_keys(unique))
+            if len(found) != len(unique):
+                self._missing(shard, unique, found)
+            values = [v for _k, v in found]
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+            expect = self._sizes[unique]
+            if not np.array_equal(lengths, expect):
+                j = int(np.flatnonzero(lengths != expect)[0])
+                raise _damaged(
+                    self.path / self.manifest.shards[shard].path,
+                    f"sample {int(unique[j])} has {int(lengths[j])} bytes, sizes.npy says {int(expect[j])}",
+                )
+            for pos, k in zip(group.tolist(), inverse.tolist(), strict=True):
+                out[pos] = values[k]
+        return out
+
+    def _missing(self, shard: int, unique: np.ndarray, found: list[tuple[bytes, bytes]]) -> None:
+        have = {int.from_bytes(k, "big") for k, _v in found}
+        gone = [int(i) for i in unique if int(i) not in have]
+        raise _damaged(
+            self.path / self.manifest.shards[shard].path,
+            f"{len(gone)} sample(s) missing from the shard (e.g. index {gone[0]})",
+        )
+
+    def decode(self, value: bytes | bytearray | memoryview) -> np.ndarray:
+        """Decode one stored value of a raw-codec dataset into an ndarray of ``sample_shape`` and ``dtype``.
+
+        The array is a read-only view of ``value`` (no copy).
+
+        Raises:
+            FailedPreconditionError: the dataset stores encoded images or opaque bytes (decode those with an image
+                library, e.g. ``PIL.Image.open(io.BytesIO(value))``).
+            InvalidArgumentError: ``value`` has the wrong length.
+        """
+        codec = self.manifest.codec
+        if not codec.is_raw or codec.shape is None:
+            raise FailedPreconditionError(
+                f"dataset {self.name!r} stores {codec.kind} bytes, which nessa does not decode; decode them with an "
+                "image library (e.g. PIL.Image.open(io.BytesIO(value))) or use the bytes as they are"
+            )
+        want = codec.sample_nbytes
+        size = value.nbytes if isinstance(value, memoryview) else len(value)
+        if size != want:
+            raise InvalidArgumentError(f"a {codec.describe()} sample has {want} bytes; got {size}")
+        return np.frombuffer(value, dtype=codec.numpy_dtype).reshape(codec.shape)
+
+    def read_arrays(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Read and decode a batch: shape ``(len(indices), *sample_shape)`` (raw codec only)."""
+        codec = self.manifest.codec
+        if not codec.is_raw or codec.shape is None:
+            self.decode(b"")  # raises the encoded-codec error
+        values = self.read(indices)
+        shape = (len(values), *(codec.shape or ()))
+        if not values:
+            return np.zeros(shape, dtype=codec.numpy_dtype)
+        return np.frombuffer(b"".join(values), dtype=codec.numpy_dtype).reshape(shape)
+
+    # -- lifetime ----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release this reader's shard environments (closed when no other reader in the process holds them)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                for held in self._envs:
+                    if held is not None:
+                        lmdbenv.release(held[0])
+            self._envs = [None] * len(self._envs)
+            self._closed = True
+
+    def __enter__(self) -> DatasetReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path), "max_readers": self._max_readers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], max_readers=state["max_readers"])  # type: ignore[misc]
+
+
+def open_dataset(path: Path | str, *, max_readers: int = DEFAULT_MAX_READERS) -> DatasetReader:
+    """Open a stored dataset for reading.
+
+    Args:
+        path: the dataset directory (holding ``manifest.json``).
+        max_readers: LMDB reader slots per shard environment (size it for the threads that read).
+
+    Raises:
+        NotFoundError: no such directory, or no manifest in it.
+        FailedPreconditionError: a manifest of an unsupported format version.
+        DataCorruptionError: a malformed manifest, bad ``labels.npy``/``sizes.npy``, or a missing shard (named).
+    """
+    return DatasetReader(path, max_readers=max_readers)
