@@ -49,6 +49,20 @@ def available_platforms() -> list[str]:
         return []
 
 
+def _compiles(platform: cl.Platform) -> bool:
+    """Whether ``platform``'s first device builds a trivial kernel.
+
+    The PoCL 3.0 bundled with pyopencl's wheels fails every build on CPUs its LLVM 14 does not know (e.g. AMD Zen 5:
+    "unknown target CPU 'generic'"); Debian's ``pocl-opencl-icd`` works there.
+    """
+    try:
+        context = cl.Context(platform.get_devices()[:1])
+        cl.Program(context, "__kernel void nessa_probe(__global float* x) { x[0] = 1.0f; }").build()
+    except (cl.Error, IndexError):
+        return False
+    return True
+
+
 def kernel_source(name: str) -> str:
     """Return the OpenCL C source of ``fpga_kernels/<name>.cl`` shipped with the package."""
     resource = importlib.resources.files("nessa.fpga_kernels").joinpath(f"{name}.cl")
@@ -91,7 +105,15 @@ class OpenCLRuntime:
             raise InvalidArgumentError(
                 f"no OpenCL platform matches {wanted!r} (set {ENV_PLATFORM} to a substring of one of: {names})"
             )
-        self.platform: cl.Platform = matches[0]
+        # Several platforms may share a name (pip's PoCL and the distribution's): take the first that can compile.
+        # On Xilinx nothing is compiled (the xclbin is loaded), so the first match is taken as it is.
+        working = matches[:1] if XILINX_PLATFORM in wanted.lower() else [p for p in matches if _compiles(p)]
+        if not working:
+            raise FailedPreconditionError(
+                f"OpenCL platform {matches[0].name!r} cannot compile kernels on this CPU (PoCL's LLVM may not know "
+                "it: 'unknown target CPU'); install a newer PoCL, e.g. Debian's `apt-get install pocl-opencl-icd`"
+            )
+        self.platform: cl.Platform = working[0]
         devices = self.platform.get_devices()
         if not devices:
             raise FailedPreconditionError(f"OpenCL platform {self.platform.name!r} has no devices")
