@@ -41,7 +41,9 @@ protos-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/store.py
 	$(PY) bench/kernels.py
+	$(PY) bench/kernels_selection.py
 	$(PY) bench/selection.py
+	$(PY) bench/stream.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

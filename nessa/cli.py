@@ -19,18 +19,183 @@ __all__ = ["build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "nessa demo: not built yet. The end-to-end demo (ingest MNIST-1D, serve it, train with full data, "
-        "random and NeSSA selection side by side) arrives with the trainer; until then use `nessa ingest`, "
-        "`nessa verify` and `nessa info`.",
-        file=sys.stderr,
+def _option_pair(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value); VALUE is read as JSON when it parses (numbers, true/false), else a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE; write e.g. --option optimizer=stochastic")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    # Imported here: the `nessa` library does not depend on the trainer (nor on torch at import time).
+    import json
+    import logging
+    import os
+
+    from nessa.trainer.loop import TrainConfig, train
+    from nessa.trainer.report import format_bytes
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    config = TrainConfig(
+        target=args.target,
+        dataset=args.dataset,
+        test_dataset=args.test_dataset,
+        model=args.model,
+        method=args.method,
+        fraction=args.fraction,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        seed=args.seed,
+        reselect_every=args.reselect_every,
+        device=args.device,
+        pipeline=not args.no_pipeline,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        metrics_port=args.metrics_port,
+        options=dict(args.option or []),
+        engine=args.engine,
+        quantize=None if args.fp32_proxy else "int8",
+        token=args.token or os.environ.get("NESSA_TOKEN") or None,
+        tls=args.tls_ca,
+        crest_tau=args.crest_tau,
+        crest_interval_mul=args.crest_interval_mul,
+        crest_batch_num_mul=args.crest_batch_num_mul,
+        crest_check_size=args.crest_check_size,
+        torch_threads=args.torch_threads,
+        progress=not args.no_progress,
     )
-    return 3
+    result = train(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(result.to_dict(), fh, indent=2)
+            fh.write("\n")
+    print(
+        f"{result.method}: final accuracy {result.final_accuracy * 100:.2f}% (best {result.best_accuracy * 100:.2f}%), "
+        f"{len(result.epochs)} epochs in {result.wall_seconds:.1f} s (data wait {result.data_wait_seconds:.1f} s), "
+        f"{format_bytes(result.bytes_to_trainer)} received, {format_bytes(result.bytes_to_storage)} of proxies sent"
+    )
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on what a storage daemon selects, epoch by epoch",
+        description="Each epoch: push an int8 proxy of the model (for methods that need one), ask the daemon for a "
+        "selection, stream it and train with the per-sample weighted loss; evaluate on the test dataset. The next "
+        "epoch's selection is requested while this one trains (unless --no-pipeline). With --checkpoint-dir the run "
+        "checkpoints every epoch and resumes where it stopped.",
+    )
+    p.add_argument("--target", required=True, help="the storage daemon's HOST:PORT")
+    p.add_argument("--dataset", required=True, help="training dataset name")
+    p.add_argument("--test-dataset", required=True, help="test dataset name (evaluated after every epoch)")
+    p.add_argument("--model", default="cnn1d", choices=("mlp", "cnn1d", "resnet20"), help="model (default: cnn1d)")
+    p.add_argument(
+        "--method", default="full", help="full, or a selector: random, balanced, craig, crest, ... (default: full)"
+    )
+    p.add_argument("--fraction", type=float, default=0.1, help="samples per epoch as a fraction (default: 0.1)")
+    p.add_argument(
+        "--option", action="append", type=_option_pair, metavar="KEY=VALUE", help="selector option (repeatable)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default: 5e-4)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up in epochs (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, selections and order (default: 0)")
+    p.add_argument("--reselect-every", type=int, default=1, help="select every R epochs, reuse in between (1)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto = cuda when present)")
+    p.add_argument("--no-pipeline", action="store_true", help="select strictly before each epoch")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint here every epoch; resume from it")
+    p.add_argument(
+        "--checkpoint-every-steps", type=int, default=0, help="also checkpoint every N steps inside an epoch"
+    )
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--engine", default="", help="the daemon's proxy engine: opencl or torch (default: the daemon's)")
+    p.add_argument("--fp32-proxy", action="store_true", help="send float32 proxy weights instead of int8")
+    p.add_argument("--token", default=None, help="bearer token (default: $NESSA_TOKEN)")
+    p.add_argument("--tls-ca", default=None, help="PEM of the CA that signed the daemon's certificate (enables TLS)")
+    p.add_argument("--crest-tau", type=float, default=0.1, help="CREST: reselect when the loss model's error > tau")
+    p.add_argument("--crest-interval-mul", type=float, default=1.0, help="CREST: h, check-interval multiplier")
+    p.add_argument("--crest-batch-num-mul", type=int, default=5, help="CREST: b, mini-batch coresets per interval")
+    p.add_argument("--crest-check-size", type=int, default=512, help="CREST: random samples in the check set (512)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--report", default=None, help="write the run's result (per-epoch records) as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nessa.trainer.demo import DEFAULT_METHODS, QUICK, DemoConfig, print_report, run_demo
+
+    quick = QUICK if args.quick else {}
+    num_samples = args.num_samples if args.num_samples is not None else quick.get("num_samples", 50_000)
+    epochs = args.epochs if args.epochs is not None else quick.get("epochs", 15)
+    methods = tuple(m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip())
+    cfg = DemoConfig(
+        out=Path(args.out),
+        num_samples=num_samples,
+        methods=methods,
+        fraction=args.fraction,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        seed=args.seed,
+        device=args.device,
+        engine=args.engine,
+        pipeline=not args.no_pipeline,
+        reselect_every=args.reselect_every,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        progress=not args.no_progress,
+        torch_threads=args.torch_threads,
+    )
+    report = run_demo(cfg)
+    print_report(report, cfg.out)
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo (not built yet)")
+    p = sub.add_parser(
+        "demo",
+        help="end to end: generate MNIST-1D, serve it, train with full data, random and NeSSA selection",
+        description="Generate MNIST-1D, ingest it into a temporary data directory, start a storage daemon on a free "
+        "loopback port and train the 1-D CNN with each method (same epochs, seed and schedule); print accuracy, wall "
+        "time, bytes moved and time to full-data accuracy - 1 pt side by side, and write report.json and report.png.",
+    )
+    p.add_argument("--out", default="nessa-demo-out", help="output directory (default: ./nessa-demo-out)")
+    p.add_argument("--quick", action="store_true", help="a smaller set and fewer epochs (under 3 minutes)")
+    p.add_argument(
+        "--num-samples", type=int, default=None, help="MNIST-1D samples, train+test (a fifth is test; 50000)"
+    )
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: full,random,craig,crest)")
+    p.add_argument("--fraction", type=float, default=0.1, help="budget of the selection methods (default: 0.1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 15; --quick: 4)")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up in epochs (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--engine", default="opencl", choices=("opencl", "torch"), help="the daemon's proxy engine")
+    p.add_argument("--no-pipeline", action="store_true", help="select strictly before each epoch")
+    p.add_argument("--reselect-every", type=int, default=1, help="select every R epochs (not CREST; default: 1)")
+    p.add_argument("--data-dir", default=None, help="keep the generated datasets here (reused if present)")
+    p.add_argument("--torch-threads", type=int, default=1, help="trainer torch CPU threads (default: 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -268,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nessa", description="NeSSA: near-storage data selection.")
     parser.add_argument("--version", action="version", version=f"nessa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_ingest, _add_verify, _add_info, _add_serve):
+    for add in (_add_demo, _add_train, _add_ingest, _add_verify, _add_info, _add_serve):
         add(sub)
     return parser
 

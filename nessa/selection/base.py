@@ -148,7 +148,7 @@ class Selector:
 
     def select(self, inputs: SelectionInputs, budget: Budget, seed: int = 0) -> Subset:
         """Choose a weighted subset of ``inputs`` of the given budget; deterministic for a given seed."""
-        inputs.require(*self.requires)
+        inputs.require(*self.required_inputs())
         n = len(inputs)
         if n == 0:
             raise InvalidArgumentError(f"{self.name}: no candidates to select from")
@@ -163,6 +163,10 @@ class Selector:
             labels, counts = np.unique(inputs.labels[subset.indices], return_counts=True)
             subset.class_counts = {int(k): int(v) for k, v in zip(labels, counts, strict=True)}
         return subset
+
+    def required_inputs(self) -> tuple[str, ...]:
+        """The inputs this instance needs with its options (default: the class's ``requires``)."""
+        return tuple(self.requires)
 
     def _select(self, inputs: SelectionInputs, budget: Budget, seed: int) -> Subset:
         raise NotImplementedError

@@ -1,0 +1,129 @@
+"""Selection kernels (OpenCL on the configured platform, PoCL by default) against their numpy references.
+
+Prints one row per kernel and size: median seconds of each side (``--repeats`` runs, measured alternately in the
+same process), the work rate (GFLOP/s for distance blocks, GB/s of similarity block read for facility-location
+gains) and the speed ratio OpenCL / numpy. The numpy side is :mod:`nessa.accel.reference.selection` (float64
+internally, the test oracle); the FL-gain rows compare the two backends' ``FacilityLocationBlock.gains``.
+
+    python bench/kernels_selection.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from nessa.accel import selection_ops as cl_ops
+from nessa.accel.reference import selection as ref
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: program build, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _pair(name: str, size: str, work: float, unit: str, ocl: Callable[[], Any], npy: Callable[[], Any],
+          repeats: int) -> dict[str, Any]:  # fmt: skip
+    t_cl = _median_seconds(ocl, repeats)
+    t_np = _median_seconds(npy, repeats)
+    return {
+        "kernel": name,
+        "size": size,
+        "opencl_s": t_cl,
+        "numpy_s": t_np,
+        "unit": unit,
+        "opencl_rate": work / t_cl,
+        "numpy_rate": work / t_np,
+        "speedup": t_np / t_cl,
+    }
+
+
+def rows(repeats: int = 5) -> list[dict[str, Any]]:
+    """Measure every kernel against its numpy reference; one dict per (kernel, size)."""
+    rng = np.random.default_rng(0)
+    out: list[dict[str, Any]] = []
+    for m, n, d in ((5000, 5000, 10), (5000, 5000, 512), (37, 53, 129)):
+        a = rng.standard_normal((m, d)).astype(np.float32)
+        b = rng.standard_normal((n, d)).astype(np.float32)
+        flops = 3.0 * m * n * d / 1e9  # sub, mul, add per element pair and feature
+        for variant in ("blocked", "tiled"):
+            os.environ[cl_ops.ENV_PAIRWISE] = variant
+            out.append(_pair(f"pairwise_sq_dists[{variant}]", f"{m}x{n}x{d}", flops, "GFLOP/s",
+                             lambda a=a, b=b: cl_ops.pairwise_sq_dists(a, b),
+                             lambda a=a, b=b: ref.pairwise_sq_dists(a, b), repeats))  # fmt: skip
+        os.environ.pop(cl_ops.ENV_PAIRWISE, None)
+        out.append(_pair("similarity[max_minus_dist]", f"{m}x{n}x{d}", flops, "GFLOP/s",
+                         lambda a=a, b=b: cl_ops.similarity(a, b), lambda a=a, b=b: ref.similarity(a, b),
+                         repeats))  # fmt: skip
+    for n, d, k in ((100_000, 10, 1000), (20_000, 64, 100)):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        c = rng.standard_normal((k, d)).astype(np.float32)
+        flops = 3.0 * n * k * d / 1e9
+        out.append(_pair("nearest_selected (fused)", f"{n}x{k}x{d}", flops, "GFLOP/s",
+                         lambda x=x, c=c: cl_ops.nearest_selected(x, c, "max_minus_dist", 100.0),
+                         lambda x=x, c=c: ref.nearest_selected(x, c, "max_minus_dist", 100.0), repeats))  # fmt: skip
+        out.append(_pair("kmeans_assign (fused)", f"{n}x{k}x{d}", flops, "GFLOP/s",
+                         lambda x=x, c=c: cl_ops.kmeans_assign(x, c), lambda x=x, c=c: ref.kmeans_assign(x, c),
+                         repeats))  # fmt: skip
+    for n, d in ((5000, 10), (10_000, 10)):
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        blocks = [ops.FacilityLocationBlock(x) for ops in (cl_ops, ref)]
+        for blk in blocks:
+            for j in range(0, n, n // 50):
+                blk.add(j)
+        ids = np.arange(n)
+        gbytes = 4.0 * n * n / 1e9
+        out.append(_pair("fl_gains (all candidates)", f"{n}x{n}", gbytes, "GB/s",
+                         lambda b=blocks, i=ids: b[0].gains(i), lambda b=blocks, i=ids: b[1].gains(i),
+                         repeats))  # fmt: skip
+        few = ids[:16]
+        out.append(_pair("fl_gains (16 candidates)", f"16x{n}", 16 * 4.0 * n / 1e9, "GB/s",
+                         lambda b=blocks, i=few: b[0].gains(i), lambda b=blocks, i=few: b[1].gains(i),
+                         repeats))  # fmt: skip
+        for blk in blocks:
+            blk.close()
+    a = rng.standard_normal((200_000, 32)).astype(np.float32)
+    b = rng.standard_normal((200_000, 16)).astype(np.float32)
+    out.append(_pair("cross_covariance (centered)", "200000x32x16", 2.0 * 200_000 * 32 * 16 / 1e9, "GFLOP/s",
+                     lambda: cl_ops.cross_covariance(a, b, True), lambda: ref.cross_covariance(a, b, True),
+                     repeats))  # fmt: skip
+    scores = rng.standard_normal(1_000_000).astype(np.float32)
+    groups = rng.integers(0, 10, 1_000_000)
+    out.append(_pair("group_topk (k=1000/group)", "1e6 x 10 groups", 4e-3, "GB/s",
+                     lambda: cl_ops.group_topk(scores, groups, 1000), lambda: ref.group_topk(scores, groups, 1000),
+                     repeats))  # fmt: skip
+    return out
+
+
+def main() -> None:
+    """Print the kernel table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    from nessa.accel import get_runtime
+
+    print(f"device: {get_runtime().name}")
+    header = (
+        f"{'kernel':<30} {'size':<16} {'OpenCL s':>10} {'numpy s':>10} {'OpenCL rate':>14} {'numpy rate':>14}  ratio"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows(args.repeats):
+        print(f"{r['kernel']:<30} {r['size']:<16} {r['opencl_s']:>10.4f} {r['numpy_s']:>10.4f} "
+              f"{r['opencl_rate']:>8.1f} {r['unit']:<5} {r['numpy_rate']:>8.1f} {r['unit']:<5} "
+              f"{r['speedup']:5.1f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Streaming throughput and bytes moved per epoch, on a synthetic CIFAR-shaped set (uint8 3x32x32).
+
+Side by side in one run (each repeat runs every measurement once, in turn; medians of ``--repeats``):
+
+- StreamSamples: a 10 % selection streamed from ``nessa serve`` (a subprocess) to a StorageClient in this process,
+  1 MiB of payload per message (MB/s of sample payload, samples/s);
+- bare gRPC: a minimal gRPC server (a subprocess) streaming pre-built 1 MiB ``bytes`` messages (no protobuf, no
+  storage) to a raw-bytes client on the same loopback: the ceiling; the same number of bytes as the selection;
+- raw read(): ``DatasetReader.read`` of the same samples in this process, in the stream's message-sized batches;
+- 4 clients: four processes streaming the selection (different shuffle seeds) at once; aggregate MB/s.
+
+Then the bytes one epoch moves at fractions 1 %, 10 %, 30 %: the pushed proxy (ResNet-20, int8), the Select reply
+(indices and weights) and the stream (payload and metadata), all as counted on the wire by the client, against a
+full epoch's sample payload (the least a full-data epoch moves). Goal: at most (f + 0.01) x full.
+
+Files are in the page cache (just written): this measures CPU per byte, not the disk. MB = 10^6 bytes.
+
+Usage: ``python bench/stream.py [--samples N] [--repeats R] [--dir D]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+MIB = 1 << 20
+_BARE_METHOD = "/bench.Bare/Stream"
+
+
+# --- the bare server (run as a subprocess: python bench/stream.py --bare-server) ----------------------------------
+
+
+def bare_server() -> None:
+    payload = os.urandom(MIB)
+
+    def stream(request: bytes, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        for _ in range(int(request.decode())):
+            yield payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.max_send_message_length", 4 * MIB)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+
+
+def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"listening on ([\d.]+:\d+)", line)
+    if match is None:
+        proc.kill()
+        raise SystemExit(f"server did not start: {cmd} printed {line!r}")
+    return proc, match.group(1)
+
+
+# --- measurements -------------------------------------------------------------------------------------------------
+
+
+def measure_stream(target: str, selection_id: str, seed: int) -> tuple[float, int, int]:
+    from nessa.client import StorageClient
+
+    client = StorageClient(target)
+    client.describe("cifar")  # connect before the clock starts (the bare client waits for its channel too)
+    t0 = time.perf_counter()
+    n = payload = 0
+    for batch in client.stream(selection_id, batch_size=4096, shuffle_seed=seed):
+        n += len(batch)
+        payload += batch.payload_bytes
+    return time.perf_counter() - t0, payload, n
+
+
+def measure_stream_at(target: str, selection_id: str, seed: int) -> tuple[float, float, int]:
+    """For the concurrent run: (start, end, payload bytes) on a shared clock."""
+    from nessa.client import StorageClient
+
+    client = StorageClient(target)
+    client.describe("cifar")  # connect before the clock starts
+    t0 = time.time()
+    payload = sum(b.payload_bytes for b in client.stream(selection_id, batch_size=4096, shuffle_seed=seed))
+    return t0, time.time(), payload
+
+
+def measure_bare(target: str, nbytes: int) -> tuple[float, int]:
+    count = max(1, round(nbytes / MIB))
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 4 * MIB)]) as ch:
+        call = ch.unary_stream(_BARE_METHOD)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        t0 = time.perf_counter()
+        got = sum(len(m) for m in call(str(count).encode(), timeout=600))
+        return time.perf_counter() - t0, got
+
+
+def measure_read(reader, indices: np.ndarray, per_message: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    total = 0
+    for lo in range(0, len(indices), per_message):
+        total += sum(len(v) for v in reader.read(indices[lo : lo + per_message]))
+    return time.perf_counter() - t0, total
+
+
+def epoch_bytes(target: str, proxy: bytes, fraction: float, epoch: int) -> dict[str, int]:
+    from nessa.client import StorageClient
+
+    client = StorageClient(target)
+    client.push_proxy(proxy, "cifar")
+    sel = client.select("cifar", "balanced", fraction, seed=epoch)
+    payload = metadata = 0
+    for batch in client.stream(sel, shuffle_seed=epoch):
+        payload += batch.payload_bytes
+        metadata += batch.metadata_bytes
+    return {
+        "proxy": client.bytes_sent["proxy"],
+        "select": sel.metadata_bytes,
+        "payload": payload,
+        "metadata": metadata,
+        "total": client.bytes_sent["proxy"] + client.bytes_received["samples"] + client.bytes_received["metadata"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server()
+        return
+
+    import torch
+    from nessa.trainer.models import resnet20
+
+    from nessa.client import StorageClient
+    from nessa.proxy import dumps, export
+    from nessa.store import ingest_arrays, open_dataset, synthetic_arrays
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="nessa-bench-stream-"))
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / "cifar" / "manifest.json").exists():
+        x, y = synthetic_arrays(args.samples, seed=0)
+        ingest_arrays(x, y, data_dir / "cifar", shards=2)
+        del x
+    nessa = Path(sys.executable).with_name("nessa")
+    daemon, target = start(
+        [str(nessa), "serve", "--data-dir", str(data_dir), "--port", "0", "--metrics-port", "-1",
+         "--state-dir", str(work / "state"), "--log-level", "warning"]
+    )  # fmt: skip
+    bare, bare_target = start([sys.executable, __file__, "--bare-server"])
+    try:
+        client = StorageClient(target)
+        info = client.describe("cifar")
+        sel = client.select("cifar", "random", 0.1, seed=1)
+        per_message = MIB // (info.total_bytes // info.num_samples)
+        reader = open_dataset(data_dir / "cifar")
+        rows: dict[str, list[float]] = {"stream": [], "bare": [], "read": [], "stream_sps": []}
+        for r in range(args.repeats):
+            secs, payload, n = measure_stream(target, sel.id, seed=r)
+            rows["stream"].append(payload / secs / 1e6)
+            rows["stream_sps"].append(n / secs)
+            secs, got = measure_bare(bare_target, payload)
+            rows["bare"].append(got / secs / 1e6)
+            secs, got = measure_read(reader, sel.indices, per_message)
+            rows["read"].append(got / secs / 1e6)
+        conc: list[float] = []
+        with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+            for r in range(max(2, args.repeats // 2)):
+                spans = list(
+                    pool.map(measure_stream_at, [target] * 4, [sel.id] * 4, [100 + 4 * r + i for i in range(4)])
+                )
+                start_t = min(s for s, _, _ in spans)
+                end_t = max(e for _, e, _ in spans)
+                conc.append(sum(p for _, _, p in spans) / (end_t - start_t) / 1e6)
+
+        med = {k: statistics.median(v) for k, v in rows.items()}
+        print(
+            f"# StreamSamples throughput: {info.num_samples} CIFAR-shaped samples ({info.total_bytes / 1e6:.0f} MB), "
+            f"10 % selection ({len(sel)} samples, {sel.selected_bytes / 1e6:.1f} MB), medians of {args.repeats}"
+        )
+        print()
+        print("| path | MB/s | samples/s | vs bare gRPC |")
+        print("| --- | ---: | ---: | ---: |")
+        sample_bytes = info.total_bytes / info.num_samples
+        print(f"| StreamSamples (daemon -> StorageClient) | {med['stream']:.0f} | {med['stream_sps']:.0f} | "
+              f"{med['stream'] / med['bare']:.2f}x |")  # fmt: skip
+        bare_sps = med["bare"] * 1e6 / sample_bytes
+        print(f"| bare gRPC, 1 MiB bytes messages (ceiling) | {med['bare']:.0f} | {bare_sps:.0f} | 1.00x |")
+        print(f"| raw read() from the store, in-process | {med['read']:.0f} | {med['read'] * 1e6 / sample_bytes:.0f} | "
+              f"{med['read'] / med['bare']:.2f}x |")  # fmt: skip
+        cm = statistics.median(conc)
+        print(f"| StreamSamples, 4 concurrent clients (aggregate) | {cm:.0f} | {cm * 1e6 / sample_bytes:.0f} | "
+              f"{cm / med['bare']:.2f}x |")  # fmt: skip
+        print()
+        print(f"goal: StreamSamples >= 0.7x bare gRPC: {'met' if med['stream'] >= 0.7 * med['bare'] else 'NOT met'} "
+              f"({med['stream'] / med['bare']:.2f}x)")  # fmt: skip
+
+        torch.manual_seed(0)
+        proxy = dumps(export(resnet20().eval(), torch.zeros(1, 3, 32, 32), quantize="int8", version=1))
+        full = info.total_bytes
+        print()
+        print(f"# Bytes moved per epoch (proxy ResNet-20 int8 = {len(proxy) / 1e6:.2f} MB pushed every epoch; "
+              f"full epoch = {full / 1e6:.1f} MB of sample payload)")  # fmt: skip
+        print()
+        print("| fraction | proxy MB | Select reply MB | stream payload MB | stream metadata MB | total MB | "
+              "total / full | goal (f + 0.01) |")  # fmt: skip
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for epoch, f in enumerate((0.01, 0.10, 0.30), start=1):
+            b = epoch_bytes(target, proxy, f, epoch)
+            ratio = b["total"] / full
+            print(f"| {f:.0%} | {b['proxy'] / 1e6:.3f} | {b['select'] / 1e6:.3f} | {b['payload'] / 1e6:.2f} | "
+                  f"{b['metadata'] / 1e6:.3f} | {b['total'] / 1e6:.2f} | {ratio:.4f} | "
+                  f"{'<=' if ratio <= f + 0.01 else '>'} {f + 0.01:.2f} |")  # fmt: skip
+    finally:
+        daemon.terminate()
+        bare.kill()
+        daemon.wait(timeout=60)
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,702 @@
+"""The storage daemon's client: list datasets, push proxies, select, and stream the chosen samples.
+
+:class:`StorageClient` wraps the ``nessa.v1.Storage`` gRPC API:
+
+* every call carries a deadline (``timeout``; ``select_timeout`` for Select, ``stream_timeout`` per stream
+  attempt) and, when a token is set, ``authorization: Bearer <token>``;
+* calls are retried with exponential backoff on ``UNAVAILABLE`` only where that is safe: reads, Select (the same
+  request gives the same selection), PushProxy (the same bytes) and streams, which resume from the cursor of the
+  last batch fully received, so a daemon restart in the middle of a stream delivers each sample exactly once;
+* the channel is opened lazily in the process that uses it (a client that crosses ``fork`` reopens its own; a
+  pickled client carries only its settings), so data-loader workers each get their own;
+* daemon errors come back as :mod:`nessa.errors` exceptions (``NOT_FOUND`` as :class:`~nessa.errors.NotFoundError`
+  and so on) with the daemon's message, chained to the ``grpc.RpcError``; transport errors (``UNAVAILABLE``,
+  ``DEADLINE_EXCEEDED``, ``UNAUTHENTICATED``, ``CANCELLED``) stay ``grpc.RpcError``.
+
+The client counts the bytes it receives the way the daemon counts what it sends (:mod:`nessa.metrics`):
+``bytes_received["samples"]`` is sample payload, ``bytes_received["metadata"]`` the rest of every
+dataset-scoped reply, both as serialized protobuf sizes.
+
+The torch dataset and sampler over a selection are in :mod:`nessa.data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+import numpy as np
+
+from nessa.errors import (
+    DataCorruptionError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NessaError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+)
+from nessa.order import Partition
+from nessa.v1 import storage_pb2 as pb
+from nessa.v1 import storage_pb2_grpc
+
+__all__ = [
+    "TLS",
+    "Batch",
+    "DatasetInfo",
+    "ProxyAck",
+    "SelectionResult",
+    "StorageClient",
+    "iter_samples",
+]
+
+MIB = 1 << 20
+#: What ``tls`` may be: ``None``/``False`` plaintext, ``True`` system roots, a PEM path or bytes (the CA that
+#: signed the daemon's certificate), or ready ``grpc.ChannelCredentials``.
+TLS: TypeAlias = bool | str | Path | bytes | grpc.ChannelCredentials | None
+
+_DOMAIN_ERRORS: dict[grpc.StatusCode, type[NessaError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: DataCorruptionError,
+}
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a daemon says about one dataset.
+
+    Attributes:
+        name: dataset name.
+        num_samples: samples stored.
+        num_classes: classes.
+        class_names: class names.
+        class_counts: samples per label.
+        codec: ``raw``, ``png``, ``jpeg`` or ``bytes``.
+        sample_shape: decoded sample shape (raw codec).
+        dtype: decoded sample dtype (raw codec).
+        total_bytes: stored sample bytes (one full epoch's payload).
+        num_shards: LMDB shards.
+        proxy_version: version of the proxy the daemon holds, or ``None``.
+    """
+
+    name: str
+    num_samples: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_counts: tuple[int, ...]
+    codec: str
+    sample_shape: tuple[int, ...]
+    dtype: str
+    total_bytes: int
+    num_shards: int
+    proxy_version: int | None
+
+    @classmethod
+    def from_pb(cls, msg: pb.DatasetInfo) -> DatasetInfo:
+        """Build from the protobuf message."""
+        return cls(
+            name=msg.name,
+            num_samples=int(msg.num_samples),
+            num_classes=int(msg.num_classes),
+            class_names=tuple(msg.class_names),
+            class_counts=tuple(int(c) for c in msg.class_counts),
+            codec=msg.codec,
+            sample_shape=tuple(int(d) for d in msg.sample_shape),
+            dtype=msg.dtype,
+            total_bytes=int(msg.total_bytes),
+            num_shards=int(msg.num_shards),
+            proxy_version=int(msg.proxy_version) if msg.HasField("proxy_version") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ProxyAck:
+    """The daemon's receipt for a pushed proxy.
+
+    Attributes:
+        dataset: dataset name.
+        version: the proxy's version.
+        size: bytes received.
+        sha256: hex SHA-256 of the bytes.
+        previous_version: the version held before, or ``None``.
+    """
+
+    dataset: str
+    version: int
+    size: int
+    sha256: str
+    previous_version: int | None
+
+
+@dataclass
+class SelectionResult:
+    """A selection made by a daemon.
+
+    Attributes:
+        id: pass it to :meth:`StorageClient.stream`.
+        dataset: dataset name.
+        method: selector name.
+        indices: int64 dataset indices, in the method's order.
+        weights: float32 weight per index.
+        objective: the method's objective (NaN if none).
+        proxy_version: proxy version used, or ``None``.
+        timings: ``read_seconds``, ``proxy_forward_seconds``, ``selection_seconds``, ``total_seconds``.
+        class_counts: label → samples selected.
+        num_candidates: candidates considered.
+        selected_bytes: stored bytes of the selection (what streaming it moves as payload).
+        candidate_bytes: stored bytes of all candidates (a full epoch's payload).
+        cached: the daemon returned a selection it had made before for the same request.
+        budget_rule: how the budget was spread.
+        options: options used.
+        extras: method-specific outputs.
+        metadata_bytes: bytes this selection's reply (and index fetch, for large ones) took on the wire.
+    """
+
+    id: str
+    dataset: str
+    method: str
+    indices: np.ndarray
+    weights: np.ndarray
+    objective: float = float("nan")
+    proxy_version: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    class_counts: dict[int, int] = field(default_factory=dict)
+    num_candidates: int = 0
+    selected_bytes: int = 0
+    candidate_bytes: int = 0
+    cached: bool = False
+    budget_rule: str = "global"
+    options: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    metadata_bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def fraction(self) -> float:
+        """Selected samples over candidates."""
+        return len(self.indices) / self.num_candidates if self.num_candidates else float("nan")
+
+
+@dataclass
+class Batch:
+    """One batch of a stream (as sent: bounded in bytes; a large sample is one batch of its own).
+
+    Attributes:
+        indices: int64 dataset indices.
+        labels: int64 labels.
+        weights: float32 weights.
+        samples: the samples' stored bytes.
+        cursor: pass it to :meth:`StorageClient.stream` to resume right after this batch.
+        position: samples of the stream delivered through this batch.
+        total: samples in the stream.
+        payload_bytes: sample bytes received for this batch.
+        metadata_bytes: the rest of the batch's message(s) on the wire.
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    samples: list[bytes]
+    cursor: str
+    position: int
+    total: int
+    payload_bytes: int = 0
+    metadata_bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _sized_sample_batch(data: bytes) -> tuple[int, pb.SampleBatch]:
+    return len(data), pb.SampleBatch.FromString(data)
+
+
+def _domain_error(exc: grpc.RpcError) -> Exception:
+    """The :mod:`nessa.errors` exception for a daemon status, or ``exc`` itself for transport statuses."""
+    code = exc.code() if hasattr(exc, "code") else None
+    cls = _DOMAIN_ERRORS.get(code) if code is not None else None
+    if cls is None:
+        return exc
+    err = cls(exc.details() if hasattr(exc, "details") else str(exc))
+    err.__cause__ = exc
+    return err
+
+
+def _credentials(tls: TLS) -> grpc.ChannelCredentials | None:
+    if tls is None or tls is False:
+        return None
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    if isinstance(tls, bytes):
+        return grpc.ssl_channel_credentials(root_certificates=tls)
+    path = Path(tls)
+    if not path.is_file():
+        raise InvalidArgumentError(f"TLS root certificate {str(path)!r} does not exist; pass the CA's PEM file")
+    return grpc.ssl_channel_credentials(root_certificates=path.read_bytes())
+
+
+class StorageClient:
+    """A client of one storage daemon.
+
+    Args:
+        target: ``host:port`` of the daemon.
+        token: bearer token (``None``: send none).
+        tls: ``None`` for plaintext, ``True`` for TLS with the system's roots, a PEM path or bytes of the CA that
+            signed the daemon's certificate, or ``grpc.ChannelCredentials`` (not picklable: use a path with
+            spawned data-loader workers).
+        timeout: deadline of quick calls, in seconds.
+        select_timeout: deadline of Select.
+        stream_timeout: deadline of each stream attempt.
+        retry_timeout: how long to keep retrying an unavailable daemon before giving up.
+        chunk_size: proxy upload chunk size.
+        max_message_bytes: largest message accepted from the daemon.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        tls: TLS = None,
+        *,
+        timeout: float = 30.0,
+        select_timeout: float = 3600.0,
+        stream_timeout: float = 6 * 3600.0,
+        retry_timeout: float = 60.0,
+        chunk_size: int = 1 * MIB,
+        max_message_bytes: int = 4 * MIB,
+    ) -> None:
+        if not target:
+            raise InvalidArgumentError("no daemon address: give 'host:port' (e.g. '127.0.0.1:50051')")
+        if chunk_size < 1 or chunk_size > max_message_bytes - 64 * 1024:
+            raise InvalidArgumentError(f"chunk_size must be in [1, {max_message_bytes - 64 * 1024}]; got {chunk_size}")
+        self.target = target
+        self.token = token
+        self.tls = tls
+        self.timeout = float(timeout)
+        self.select_timeout = float(select_timeout)
+        self.stream_timeout = float(stream_timeout)
+        self.retry_timeout = float(retry_timeout)
+        self.chunk_size = int(chunk_size)
+        self.max_message_bytes = int(max_message_bytes)
+        self.bytes_received: dict[str, int] = {"samples": 0, "metadata": 0}
+        self.bytes_sent: dict[str, int] = {"proxy": 0}
+        self.reconnects = 0
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._channel: grpc.Channel | None = None
+        self._stub: storage_pb2_grpc.StorageStub | None = None
+
+    # -- channel -------------------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_lock=None, _pid=-1, _channel=None, _stub=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """This process's channel to the daemon (opened on first use, reopened after ``fork``)."""
+        with self._lock:
+            if self._channel is None or self._pid != os.getpid():
+                options = [
+                    ("grpc.max_receive_message_length", self.max_message_bytes),
+                    ("grpc.max_send_message_length", self.max_message_bytes),
+                    ("grpc.enable_retries", 0),
+                    # Reconnect quickly after a daemon restart (gRPC's default backoff grows to two minutes);
+                    # our own retry loop bounds the total wait with retry_timeout.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                ]
+                creds = _credentials(self.tls)
+                if creds is None:
+                    self._channel = grpc.insecure_channel(self.target, options=options)
+                else:
+                    self._channel = grpc.secure_channel(self.target, creds, options=options)
+                self._stub = storage_pb2_grpc.StorageStub(self._channel)
+                self._pid = os.getpid()
+            return self._channel
+
+    @property
+    def stub(self) -> storage_pb2_grpc.StorageStub:
+        """The ``nessa.v1.Storage`` stub on :attr:`channel`."""
+        self.channel  # noqa: B018 - opens the channel in this process if needed
+        if self._stub is None:
+            raise FailedPreconditionError("the client's channel is closed")
+        return self._stub
+
+    def close(self) -> None:
+        """Close this process's channel (a later call opens a new one)."""
+        with self._lock:
+            if self._channel is not None and self._pid == os.getpid():
+                self._channel.close()
+            self._channel = None
+            self._stub = None
+
+    def __enter__(self) -> StorageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the channel is connected (raises ``grpc.FutureTimeoutError`` after ``timeout``)."""
+        grpc.channel_ready_future(self.channel).result(timeout=self.timeout if timeout is None else timeout)
+
+    # -- calls ---------------------------------------------------------------------------------------------------
+
+    def _count(self, kind: str, n: int) -> None:
+        with self._lock:
+            self.bytes_received[kind] += int(n)
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        """Run ``call()``; on UNAVAILABLE retry with backoff for up to ``retry_timeout`` seconds.
+
+        Attempts fail fast while the daemon is down (no ``wait_for_ready``), so the total wait stays bounded and the
+        last error is ``UNAVAILABLE``, not a deadline.
+        """
+        start = time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code not in _RETRYABLE or time.monotonic() - start + delay > self.retry_timeout:
+                    raise _domain_error(exc) from exc
+            self.reconnects += 1
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    def datasets(self) -> list[DatasetInfo]:
+        """Every dataset the daemon serves."""
+        reply = self._retrying(
+            lambda: self.stub.ListDatasets(pb.ListDatasetsRequest(), timeout=self.timeout, metadata=self._metadata)
+        )
+        return [DatasetInfo.from_pb(d) for d in reply.datasets]
+
+    def describe(self, dataset: str) -> DatasetInfo:
+        """One dataset (``NotFoundError`` if the daemon does not serve it)."""
+        reply = self._retrying(
+            lambda: self.stub.DescribeDataset(
+                pb.DescribeDatasetRequest(dataset=dataset),
+                timeout=self.timeout,
+                metadata=self._metadata,
+            )
+        )
+        self._count("metadata", reply.ByteSize())
+        return DatasetInfo.from_pb(reply)
+
+    def _proxy_chunks(self, dataset: str, data: bytes, version: int | None) -> Iterator[pb.ProxyChunk]:
+        digest = hashlib.sha256(data).hexdigest()
+        n = len(data)
+        offsets = range(0, max(n, 1), self.chunk_size)
+        last = offsets[-1]
+        for off in offsets:
+            chunk = pb.ProxyChunk(data=data[off : off + self.chunk_size])
+            if off == 0:
+                chunk.dataset = dataset
+                chunk.total_size = n
+                if version is not None:
+                    chunk.version = version
+            if off == last:
+                chunk.sha256 = digest
+            with self._lock:
+                self.bytes_sent["proxy"] += len(chunk.data)
+            yield chunk
+
+    def push_proxy(self, proxy: Any, dataset: str, *, timeout: float | None = None) -> ProxyAck:
+        """Upload a proxy for ``dataset`` in checksummed chunks; the daemon keeps it as its last good proxy.
+
+        Args:
+            proxy: a :class:`nessa.proxy.Proxy` or its serialized bytes (:func:`nessa.proxy.dumps`).
+            dataset: the dataset it is for (its input shape and class count must fit).
+            timeout: deadline (default: ``timeout``, plus a second per MiB).
+
+        Raises:
+            InvalidArgumentError: corrupt bytes, not a proxy, or a proxy that does not fit the dataset.
+            NotFoundError: unknown dataset.
+            ResourceExhaustedError: larger than the daemon accepts.
+        """
+        if isinstance(proxy, bytes | bytearray | memoryview):
+            data, version = bytes(proxy), None
+        else:
+            from nessa.proxy import dumps  # the proxy package pulls in its engines; only needed here
+
+            data, version = dumps(proxy), int(proxy.version)
+        deadline = timeout if timeout is not None else self.timeout + len(data) / MIB
+        reply = self._retrying(
+            lambda: self.stub.PushProxy(
+                self._proxy_chunks(dataset, data, version),
+                timeout=deadline,
+                metadata=self._metadata,
+            )
+        )
+        self._count("metadata", reply.ByteSize())
+        return ProxyAck(
+            dataset=reply.dataset,
+            version=int(reply.version),
+            size=int(reply.size),
+            sha256=reply.sha256,
+            previous_version=int(reply.previous_version) if reply.HasField("previous_version") else None,
+        )
+
+    def select(
+        self,
+        dataset: str,
+        method: str,
+        fraction: float | None = None,
+        seed: int = 0,
+        *,
+        count: int | None = None,
+        budget_rule: str = "global",
+        proxy_version: int | None = None,
+        candidates: Sequence[int] | np.ndarray | None = None,
+        engine: str = "",
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        **method_options: Any,
+    ) -> SelectionResult:
+        """Ask the daemon for a weighted subset of ``dataset``.
+
+        Args:
+            dataset: dataset name.
+            method: selector name (``random``, ``balanced``, ``craig``, ...).
+            fraction: budget as a fraction of the candidates, in (0, 1].
+            seed: the selector's seed.
+            count: budget as a number of samples (instead of ``fraction``).
+            budget_rule: ``global`` (default), or ``equal`` / ``proportional`` per-class budgets.
+            proxy_version: require the daemon's proxy to have this version.
+            candidates: select among these dataset indices only.
+            engine: proxy engine (``opencl``, ``torch``, ``numpy``); "" for the daemon's default.
+            options: method options (also accepted as keyword arguments).
+            timeout: deadline (default ``select_timeout``).
+            **method_options: method options.
+
+        Raises:
+            InvalidArgumentError: bad method, option or budget.
+            NotFoundError: unknown dataset.
+            FailedPreconditionError: the method needs a proxy and none (or not that version) was pushed.
+            ResourceExhaustedError: the daemon runs too many selections.
+        """
+        if (fraction is None) == (count is None):
+            raise InvalidArgumentError("give exactly one budget: fraction=... in (0, 1] or count=... samples")
+        opts = {**(options or {}), **method_options}
+        request = pb.SelectRequest(
+            dataset=dataset,
+            method=method,
+            budget_rule=budget_rule,
+            seed=int(seed),
+            options={k: json.dumps(v) for k, v in opts.items()},
+            engine=engine,
+        )
+        if fraction is not None:
+            request.fraction = float(fraction)
+        else:
+            request.count = int(count or 0)
+        if proxy_version is not None:
+            request.proxy_version = int(proxy_version)
+        if candidates is not None:
+            request.candidates.extend(np.asarray(candidates, dtype=np.int64).tolist())
+        reply = self._retrying(
+            lambda: self.stub.Select(
+                request,
+                timeout=self.select_timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        )
+        meta_bytes = reply.ByteSize()
+        self._count("metadata", meta_bytes)
+        if reply.inline:
+            indices = np.asarray(reply.indices, dtype=np.int64)
+            weights = np.asarray(reply.weights, dtype=np.float32)
+        else:  # too large for one reply: fetch indices and weights as a metadata-only stream
+            parts_i, parts_w = [], []
+            for batch in self.stream(reply.id, batch_size=65536, metadata_only=True):
+                parts_i.append(batch.indices)
+                parts_w.append(batch.weights)
+                meta_bytes += batch.metadata_bytes
+            indices = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+            weights = np.concatenate(parts_w) if parts_w else np.zeros(0, np.float32)
+        return SelectionResult(
+            id=reply.id,
+            dataset=reply.dataset,
+            method=reply.method,
+            indices=indices,
+            weights=weights,
+            objective=float(reply.objective),
+            proxy_version=int(reply.proxy_version) if reply.HasField("proxy_version") else None,
+            timings={
+                "read_seconds": reply.timings.read_seconds,
+                "proxy_forward_seconds": reply.timings.proxy_forward_seconds,
+                "selection_seconds": reply.timings.selection_seconds,
+                "total_seconds": reply.timings.total_seconds,
+            },
+            class_counts={int(k): int(v) for k, v in reply.class_counts.items()},
+            num_candidates=int(reply.num_candidates),
+            selected_bytes=int(reply.selected_bytes),
+            candidate_bytes=int(reply.candidate_bytes),
+            cached=bool(reply.cached),
+            budget_rule=reply.budget_rule,
+            options=json.loads(reply.options_json or "{}"),
+            extras=json.loads(reply.extras_json or "{}"),
+            metadata_bytes=meta_bytes,
+        )
+
+    def stream(
+        self,
+        selection_or_indices: SelectionResult | str | Sequence[int] | np.ndarray,
+        dataset: str | None = None,
+        batch_size: int = 256,
+        shuffle_seed: int | None = None,
+        cursor: str | None = None,
+        *,
+        partition: Partition | None = None,
+        max_batch_bytes: int = 0,
+        metadata_only: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Batch]:
+        """Stream the samples of a selection (or of explicit indices) in batches.
+
+        Batches hold at most ``batch_size`` samples and ``max_batch_bytes`` of payload (the daemon's default, 1 MiB,
+        when 0); a larger sample arrives as one batch of its own, joined here from the pieces the daemon sends. If
+        the daemon becomes unavailable mid-stream (a restart), the stream reconnects with backoff and resumes after
+        the last batch yielded, so each sample is yielded exactly once.
+
+        Args:
+            selection_or_indices: a :class:`SelectionResult`, a selection id, or dataset indices.
+            dataset: the dataset (required with indices; checked with a selection).
+            batch_size: most samples per batch.
+            shuffle_seed: stream in the order of this seeded permutation (``None``: the selection's order).
+            cursor: resume after the batch that carried this cursor.
+            partition: stream only this rank/worker part (see :mod:`nessa.order`).
+            max_batch_bytes: most payload bytes per batch (0: the daemon's default).
+            metadata_only: indices, labels and weights only.
+            timeout: deadline of each attempt (default ``stream_timeout``).
+
+        Yields:
+            :class:`Batch` objects, in stream order.
+
+        Raises:
+            NotFoundError: unknown dataset or selection id.
+            InvalidArgumentError: a cursor of another stream, a bad partition.
+            OutOfRangeError: an index past the end of the dataset, or a cursor past the end of the stream.
+        """
+        request = pb.StreamRequest(
+            batch_size=int(batch_size), max_batch_bytes=int(max_batch_bytes), metadata_only=metadata_only
+        )
+        if isinstance(selection_or_indices, SelectionResult):
+            request.selection_id = selection_or_indices.id
+            request.dataset = dataset or selection_or_indices.dataset
+        elif isinstance(selection_or_indices, str):
+            request.selection_id = selection_or_indices
+            request.dataset = dataset or ""
+        else:
+            if not dataset:
+                raise InvalidArgumentError("streaming explicit indices needs the dataset name: pass dataset=...")
+            request.dataset = dataset
+            request.indices.indices.extend(np.asarray(selection_or_indices, dtype=np.int64).tolist())
+        if shuffle_seed is not None:
+            request.shuffle_seed = int(shuffle_seed)
+        if partition is not None:
+            request.partition.CopyFrom(
+                pb.Partition(
+                    world_size=partition.world_size,
+                    rank=partition.rank,
+                    num_workers=partition.num_workers,
+                    worker=partition.worker,
+                    block_size=partition.block_size,
+                    skip=partition.skip,
+                )
+            )
+        return self._stream(request, cursor or "", self.stream_timeout if timeout is None else timeout)
+
+    def _stream_samples(self) -> grpc.UnaryStreamMultiCallable:
+        """``StreamSamples`` yielding ``(wire size, SampleBatch)``: the size is counted without a costly ByteSize()."""
+        return self.channel.unary_stream(
+            "/nessa.v1.Storage/StreamSamples",
+            request_serializer=pb.StreamRequest.SerializeToString,
+            response_deserializer=_sized_sample_batch,
+        )
+
+    def _stream(self, request: pb.StreamRequest, cursor: str, timeout: float) -> Iterator[Batch]:
+        delay = 0.05
+        failed_at: float | None = None
+        while True:
+            request.cursor = cursor
+            call = self._stream_samples()(request, timeout=timeout, metadata=self._metadata)
+            pieces: list[bytes] = []
+            piece_meta = 0
+            try:
+                for size, msg in call:
+                    samples = list(msg.samples)
+                    payload = sum(map(len, samples))
+                    meta = size - payload
+                    self._count("samples", payload)
+                    self._count("metadata", meta)
+                    failed_at, delay = None, 0.05  # progress: a later failure gets a fresh retry budget
+                    if msg.sample_size:  # one piece of a sample larger than a message
+                        if msg.piece_offset != sum(len(p) for p in pieces):
+                            raise DataCorruptionError(
+                                f"sample {list(msg.indices)} piece at offset {msg.piece_offset} arrived out of order; "
+                                "this is a daemon bug — report it"
+                            )
+                        pieces.append(samples[0])
+                        piece_meta += meta
+                        if msg.piece_offset + payload < msg.sample_size:
+                            continue
+                        samples, payload, meta = [b"".join(pieces)], int(msg.sample_size), piece_meta
+                        pieces, piece_meta = [], 0
+                    cursor = msg.cursor
+                    yield Batch(
+                        indices=np.asarray(msg.indices, dtype=np.int64),
+                        labels=np.asarray(msg.labels, dtype=np.int64),
+                        weights=np.asarray(msg.weights, dtype=np.float32),
+                        samples=samples,
+                        cursor=msg.cursor,
+                        position=int(msg.position),
+                        total=int(msg.total),
+                        payload_bytes=payload,
+                        metadata_bytes=meta,
+                    )
+                return
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                now = time.monotonic()
+                failed_at = failed_at if failed_at is not None else now
+                if code not in _RETRYABLE or now - failed_at + delay > self.retry_timeout:
+                    raise _domain_error(exc) from exc
+            finally:
+                call.cancel()  # no-op when finished; stops the daemon's work when the consumer stops early
+            self.reconnects += 1
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def iter_samples(batches: Iterable[Batch]) -> Iterator[tuple[int, int, float, bytes]]:
+    """Flatten batches into ``(index, label, weight, data)`` tuples."""
+    for b in batches:
+        yield from zip(b.indices.tolist(), b.labels.tolist(), b.weights.tolist(), b.samples, strict=True)

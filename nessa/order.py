@@ -1,0 +1,117 @@
+"""The order in which a selection's samples are delivered: a pure function of the selection, a seed and a split.
+
+The storage daemon streams in this order and the map-style :class:`nessa.data.SelectionSampler` yields the same
+order, so both paths agree. The order never depends on timing, worker counts or how a stream was resumed:
+
+1. *shuffle*: with a seed, the selection is permuted by ``numpy.random.default_rng(seed).permutation``;
+   without one, it keeps the selection's order;
+2. *ranks*: position ``p`` of that order goes to rank ``p % world_size``;
+3. *workers*: inside a rank, after ``skip`` already-consumed samples, consecutive blocks of ``block_size``
+   samples go to data-loader workers in turn (block ``b`` to worker ``b % num_workers``). A loader that takes one
+   batch of ``block_size`` from each worker in turn therefore sees the rank's order unchanged.
+
+Each sample of the selection lands in exactly one (rank, worker) part. Ranks differ in size by at most one
+sample; nothing is padded or dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nessa.errors import InvalidArgumentError, OutOfRangeError
+
+__all__ = ["Partition", "epoch_seed", "rank_positions", "shuffled_order", "stream_positions"]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Which part of a selection one consumer (a rank's data-loader worker) receives.
+
+    Attributes:
+        world_size: number of trainer ranks (>= 1).
+        rank: this rank, in ``[0, world_size)``.
+        num_workers: data-loader workers of this rank (>= 1).
+        worker: this worker, in ``[0, num_workers)``.
+        block_size: consecutive samples a worker takes in turn (the loader's batch size; >= 1).
+        skip: samples of this rank already consumed; they are left out and worker blocks restart after them.
+    """
+
+    world_size: int = 1
+    rank: int = 0
+    num_workers: int = 1
+    worker: int = 0
+    block_size: int = 1
+    skip: int = 0
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise InvalidArgumentError(
+                f"partition rank {self.rank} is not in [0, world_size={self.world_size}); "
+                "give world_size >= 1 and 0 <= rank < world_size"
+            )
+        if self.num_workers < 1 or not 0 <= self.worker < self.num_workers:
+            raise InvalidArgumentError(
+                f"partition worker {self.worker} is not in [0, num_workers={self.num_workers}); "
+                "give num_workers >= 1 and 0 <= worker < num_workers"
+            )
+        if self.block_size < 1:
+            raise InvalidArgumentError(f"partition block_size must be >= 1; got {self.block_size}")
+        if self.skip < 0:
+            raise InvalidArgumentError(f"partition skip must be >= 0; got {self.skip}")
+
+    @property
+    def is_whole(self) -> bool:
+        """True when this part is the whole selection (one rank, one worker, nothing skipped)."""
+        return self.world_size == 1 and self.num_workers == 1 and self.skip == 0
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Shuffle seed of one epoch: a pure function of ``(seed, epoch)``, the same in every rank and worker."""
+    if seed < 0 or epoch < 0:
+        raise InvalidArgumentError(f"seed and epoch must be >= 0; got seed={seed}, epoch={epoch}")
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def shuffled_order(n: int, shuffle_seed: int | None) -> np.ndarray:
+    """Positions ``0..n-1`` in delivery order: permuted by the seed, or unchanged without one."""
+    if shuffle_seed is None:
+        return np.arange(n, dtype=np.int64)
+    if shuffle_seed < 0:
+        raise InvalidArgumentError(f"shuffle seed must be >= 0; got {shuffle_seed}")
+    return np.random.default_rng(shuffle_seed).permutation(n).astype(np.int64, copy=False)
+
+
+def rank_positions(n: int, shuffle_seed: int | None, world_size: int = 1, rank: int = 0) -> np.ndarray:
+    """Positions (into the selection) that one rank receives, in its order."""
+    Partition(world_size=world_size, rank=rank)
+    return shuffled_order(n, shuffle_seed)[rank::world_size]
+
+
+def stream_positions(n: int, shuffle_seed: int | None, partition: Partition | None = None) -> np.ndarray:
+    """Positions (into the selection) that one part receives, in delivery order.
+
+    Args:
+        n: number of samples in the selection.
+        shuffle_seed: seed of the permutation, or ``None`` to keep the selection's order.
+        partition: the part; ``None`` is the whole selection.
+
+    Returns:
+        int64 positions into the selection's indices.
+
+    Raises:
+        OutOfRangeError: ``partition.skip`` is larger than the rank's share.
+    """
+    part = partition or Partition()
+    ranked = shuffled_order(n, shuffle_seed)[part.rank :: part.world_size]
+    if part.skip > len(ranked):
+        raise OutOfRangeError(
+            f"cannot skip {part.skip} samples: rank {part.rank} of {part.world_size} has only {len(ranked)} "
+            "in this selection; reset the consumed count (new epoch) or resume with the state of this selection"
+        )
+    ranked = ranked[part.skip :]
+    if part.num_workers == 1:
+        return ranked
+    block = np.arange(len(ranked), dtype=np.int64) // part.block_size
+    return ranked[block % part.num_workers == part.worker]

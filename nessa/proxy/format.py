@@ -1,0 +1,574 @@
+"""The proxy wire format: the :class:`Proxy` wrapper, ``dumps``/``loads``, the checksum and validation.
+
+A proxy is the protobuf message ``nessa.v1.Proxy`` (``proto/nessa/v1/proxy.proto`` documents every field). This
+module wraps it with typed accessors, shape inference and the checks a daemon runs before trusting one:
+
+* integrity: the checksum is the lower-case hex SHA-256 of the message serialized deterministically with its
+  ``checksum`` field empty. :func:`dumps` writes it; :func:`loads` recomputes and compares it;
+* structure: unique names, known ops, no dangling node or tensor reference, no cycle, tensor byte lengths that
+  match their shapes, finite weights, scales and normalization, attribute lengths that fit the op, and shapes that
+  chain (a conv's input channels match its weight, the output is ``(num_classes,)``);
+* fit: :meth:`Proxy.validate` with a dataset's sample shape and class count.
+
+Every failure is an :class:`~nessa.errors.InvalidArgumentError` that names the node or tensor and says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from nessa.errors import InvalidArgumentError
+from nessa.proxy.quantize import dequantize
+from nessa.v1 import proxy_pb2 as pb
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT",
+    "OPS",
+    "Normalization",
+    "Proxy",
+    "dumps",
+    "loads",
+    "sample_layout",
+]
+
+#: Version of the message layout this code reads and writes.
+FORMAT_VERSION = 1
+#: The name node inputs use for the proxy's (normalized) input.
+INPUT = "input"
+
+#: Op names of the vocabulary, by wire enum.
+OPS: dict[int, str] = {
+    pb.OP_CONV1D: "conv1d",
+    pb.OP_CONV2D: "conv2d",
+    pb.OP_LINEAR: "linear",
+    pb.OP_RELU: "relu",
+    pb.OP_ADD: "add",
+    pb.OP_MAXPOOL: "maxpool",
+    pb.OP_AVGPOOL: "avgpool",
+    pb.OP_GLOBAL_AVGPOOL: "global_avgpool",
+    pb.OP_FLATTEN: "flatten",
+}
+_OP_BY_NAME: dict[str, pb.OpType] = {v: cast(pb.OpType, k) for k, v in OPS.items()}
+_WEIGHTED = {"conv1d", "conv2d", "linear"}
+_POOLS = {"maxpool", "avgpool"}
+_N_INPUTS = {"add": 2}
+_SAMPLE_DTYPES: dict[int, np.dtype] = {pb.DTYPE_FLOAT32: np.dtype(np.float32), pb.DTYPE_UINT8: np.dtype(np.uint8)}
+_DTYPE_NAMES: dict[str, pb.DType] = {"float32": pb.DTYPE_FLOAT32, "uint8": pb.DTYPE_UINT8}
+_ITEMSIZE = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_INT8: 1}
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a stored sample becomes the model's input: ``x = (raw * scale - mean[c]) / std[c]``.
+
+    Attributes:
+        mean: empty (none), one value (every element) or one per channel (axis 0 of the per-sample shape).
+        std: same length as ``mean``; non-zero.
+        dtype: dtype of the raw stored samples: ``"float32"`` or ``"uint8"``.
+        scale: applied to the raw value first, e.g. ``1/255`` for uint8 images.
+    """
+
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    dtype: Literal["float32", "uint8"] = "float32"
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.dtype not in _DTYPE_NAMES:
+            raise InvalidArgumentError(
+                f"normalization dtype {self.dtype!r} is not supported; use one of {sorted(_DTYPE_NAMES)}"
+            )
+        _check_normalization(self.mean, self.std, float(self.scale), shape=None)
+
+
+def _check_normalization(mean: Sequence[float], std: Sequence[float], scale: float, shape: Shape | None) -> None:
+    if not math.isfinite(scale) or scale == 0.0:
+        raise InvalidArgumentError(f"input scale must be finite and non-zero; got {scale}")
+    if len(mean) != len(std):
+        raise InvalidArgumentError(
+            f"normalization mean and std need the same length; got {len(mean)} and {len(std)} values"
+        )
+    if shape is not None and len(mean) not in (0, 1, shape[0]):
+        raise InvalidArgumentError(
+            f"normalization has {len(mean)} values but the input shape {shape} has {shape[0]} channels; "
+            "give one value, one per channel, or none"
+        )
+    if not all(math.isfinite(v) for v in mean):
+        raise InvalidArgumentError("normalization mean has NaN or Inf values")
+    if not all(math.isfinite(v) and v != 0.0 for v in std):
+        raise InvalidArgumentError("normalization std must be finite and non-zero")
+
+
+def sample_layout(sample_shape: Sequence[int], input_shape: Sequence[int]) -> Literal["same", "hwc", "reshape"] | None:
+    """How samples of ``sample_shape`` map to a proxy whose input is ``input_shape``, or ``None`` if they cannot.
+
+    ``"same"``: equal shapes. ``"hwc"``: channel-last images of a channel-first input (``(H, W, C)`` for
+    ``(C, H, W)``, as decoded PNG/JPEG images are); they are transposed. ``"reshape"``: the same number of elements
+    in another shape (MNIST-1D's stored ``(40,)`` for a 1-D CNN's ``(1, 40)``); they are reshaped in order.
+    """
+    s = tuple(int(v) for v in sample_shape)
+    t = tuple(int(v) for v in input_shape)
+    if s == t:
+        return "same"
+    if len(t) == 3 and s == (t[1], t[2], t[0]):
+        return "hwc"
+    if math.prod(s) == math.prod(t) and math.prod(t) > 0:
+        return "reshape"
+    return None
+
+
+class Proxy:
+    """A model proxy: typed access to a ``nessa.v1.Proxy`` message.
+
+    Build one with :func:`nessa.proxy.export` or :func:`loads`; do not mutate :attr:`message` afterwards (the
+    decoded tensors are cached).
+
+    Args:
+        message: the protobuf message.
+    """
+
+    def __init__(self, message: pb.Proxy) -> None:
+        self._msg = message
+        self._tensors: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, Shape] | None = None
+        self._validated = False
+
+    # --- plain fields -------------------------------------------------------------------------------------------
+
+    @property
+    def message(self) -> pb.Proxy:
+        """The underlying protobuf message (read-only by convention)."""
+        return self._msg
+
+    @property
+    def version(self) -> int:
+        """The proxy's version (the trainer's epoch)."""
+        return int(self._msg.version)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the logits' width)."""
+        return int(self._msg.num_classes)
+
+    @property
+    def input_shape(self) -> Shape:
+        """Per-sample input shape the graph consumes, e.g. ``(3, 32, 32)``."""
+        return tuple(int(v) for v in self._msg.input.shape)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """Dtype of the raw samples the proxy accepts (``float32`` or ``uint8``)."""
+        dt = _SAMPLE_DTYPES.get(self._msg.input.dtype)
+        if dt is None:
+            raise InvalidArgumentError(
+                f"proxy input dtype {pb.DType.Name(self._msg.input.dtype)} is not a sample dtype; "
+                "export with normalization dtype 'float32' or 'uint8'"
+            )
+        return dt
+
+    @property
+    def normalization(self) -> Normalization:
+        """The input normalization."""
+        spec = self._msg.input
+        dtype: Literal["float32", "uint8"] = "uint8" if self.input_dtype == np.uint8 else "float32"
+        return Normalization(mean=tuple(spec.mean), std=tuple(spec.std), dtype=dtype, scale=float(spec.scale))
+
+    @property
+    def output(self) -> str:
+        """Name of the node whose output is the logits."""
+        return str(self._msg.output)
+
+    @property
+    def embedding(self) -> str:
+        """Name of the node whose output is the embedding (or :data:`INPUT`)."""
+        return str(self._msg.embedding)
+
+    @property
+    def producer(self) -> str:
+        """Free text naming what produced the proxy."""
+        return str(self._msg.producer)
+
+    @property
+    def checksum(self) -> str:
+        """The stored checksum (empty until :func:`dumps` or :meth:`seal`)."""
+        return str(self._msg.checksum)
+
+    @property
+    def nodes(self) -> list[pb.Node]:
+        """The graph's nodes in stored order."""
+        return list(self._msg.nodes)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether any weight is stored as int8."""
+        return any(t.dtype == pb.DTYPE_INT8 for t in self._msg.tensors)
+
+    def op(self, node: pb.Node) -> str:
+        """The op name (``"conv2d"``, ...) of ``node``."""
+        name = OPS.get(node.op)
+        if name is None:
+            raise InvalidArgumentError(
+                f"proxy node {node.name!r} has unknown op {node.op}; the supported ops are: {', '.join(OPS.values())}"
+            )
+        return name
+
+    def __repr__(self) -> str:
+        return (
+            f"Proxy(version={self.version}, input={self.input_shape}, classes={self.num_classes}, "
+            f"nodes={len(self._msg.nodes)}, quantized={self.quantized})"
+        )
+
+    # --- tensors ------------------------------------------------------------------------------------------------
+
+    def _tensor_msg(self, name: str) -> pb.Tensor:
+        for t in self._msg.tensors:
+            if t.name == name:
+                return t
+        raise InvalidArgumentError(f"proxy has no tensor named {name!r}; re-export the proxy")
+
+    def tensor_raw(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The stored tensor ``name`` as ``(values, scales)``: int8 values with float32 scales, or float32 and None."""
+        t = self._tensor_msg(name)
+        shape = tuple(int(v) for v in t.shape)
+        itemsize = _ITEMSIZE.get(t.dtype)
+        if itemsize is None:
+            raise InvalidArgumentError(
+                f"proxy tensor {name!r} has dtype {pb.DType.Name(t.dtype)}; tensors must be FLOAT32 or INT8"
+            )
+        if len(t.data) != math.prod(shape) * itemsize:
+            raise InvalidArgumentError(
+                f"proxy tensor {name!r} holds {len(t.data)} bytes but its shape {shape} needs "
+                f"{math.prod(shape) * itemsize}; the proxy is corrupt, re-export it"
+            )
+        if t.dtype == pb.DTYPE_INT8:
+            return np.frombuffer(t.data, dtype=np.int8).reshape(shape), np.asarray(t.scales, dtype=np.float32)
+        return np.frombuffer(t.data, dtype="<f4").astype(np.float32).reshape(shape), None
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as float32 (int8 tensors dequantized per output channel), read-only and cached."""
+        cached = self._tensors.get(name)
+        if cached is not None:
+            return cached
+        values, scales = self.tensor_raw(name)
+        arr = dequantize(values, scales) if scales is not None else values.copy()
+        arr.setflags(write=False)
+        self._tensors[name] = arr
+        return arr
+
+    # --- checksum -----------------------------------------------------------------------------------------------
+
+    def compute_checksum(self) -> str:
+        """SHA-256 (hex) of the message serialized deterministically with the ``checksum`` field empty."""
+        copy = pb.Proxy()
+        copy.CopyFrom(self._msg)
+        copy.checksum = ""
+        return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+    def seal(self) -> Proxy:
+        """Write the checksum into the message (done by :func:`dumps` and export); returns ``self``."""
+        self._msg.checksum = self.compute_checksum()
+        return self
+
+    # --- graph --------------------------------------------------------------------------------------------------
+
+    def order(self) -> list[pb.Node]:
+        """The nodes in a topological order (inputs before their consumers).
+
+        Raises:
+            InvalidArgumentError: a dangling input reference or a cycle.
+        """
+        nodes = {n.name: n for n in self._msg.nodes}
+        indegree = {name: 0 for name in nodes}
+        users: dict[str, list[str]] = {name: [] for name in nodes}
+        for n in self._msg.nodes:
+            for src in n.inputs:
+                if src == INPUT:
+                    continue
+                if src not in nodes:
+                    raise InvalidArgumentError(
+                        f"proxy node {n.name!r} reads {src!r}, which is neither a node nor {INPUT!r}; "
+                        "the graph is broken, re-export the proxy"
+                    )
+                indegree[n.name] += 1
+                users[src].append(n.name)
+        ready = [n.name for n in self._msg.nodes if indegree[n.name] == 0]
+        order: list[pb.Node] = []
+        while ready:
+            name = ready.pop(0)
+            order.append(nodes[name])
+            for u in users[name]:
+                indegree[u] -= 1
+                if indegree[u] == 0:
+                    ready.append(u)
+        if len(order) != len(nodes):
+            stuck = sorted(name for name, d in indegree.items() if d > 0)
+            raise InvalidArgumentError(
+                f"proxy graph has a cycle through nodes {stuck}; a proxy must be acyclic, re-export it"
+            )
+        return order
+
+    def shapes(self) -> dict[str, Shape]:
+        """Per-sample output shape of every node (and of :data:`INPUT`), checked op by op."""
+        if self._shapes is None:
+            self._shapes = self._infer_shapes()
+        return dict(self._shapes)
+
+    def _infer_shapes(self) -> dict[str, Shape]:
+        shapes: dict[str, Shape] = {INPUT: self.input_shape}
+        for node in self.order():
+            shapes[node.name] = self._node_shape(node, [shapes[s] for s in node.inputs])
+        return shapes
+
+    def _node_shape(self, node: pb.Node, ins: list[Shape]) -> Shape:
+        op = self.op(node)
+        where = f"proxy node {node.name!r} ({op}{', from ' + node.source if node.source else ''})"
+        need = _N_INPUTS.get(op, 1)
+        if len(ins) != need:
+            raise InvalidArgumentError(f"{where} has {len(ins)} inputs but {op} takes {need}")
+        x = ins[0]
+        if op in _WEIGHTED:
+            if not node.weight:
+                raise InvalidArgumentError(f"{where} names no weight tensor")
+            wshape = tuple(int(v) for v in self._tensor_msg(node.weight).shape)
+            if node.bias:
+                bshape = tuple(int(v) for v in self._tensor_msg(node.bias).shape)
+                if bshape != (wshape[0],):
+                    raise InvalidArgumentError(f"{where}: bias shape {bshape} does not match weight shape {wshape}")
+            if op == "linear":
+                if len(wshape) != 2 or len(x) != 1 or x[0] != wshape[1]:
+                    raise InvalidArgumentError(
+                        f"{where}: weight {wshape} needs a flat input of {wshape[1] if len(wshape) == 2 else '?'} "
+                        f"features but gets shape {x}; insert a flatten or re-export"
+                    )
+                return (wshape[0],)
+            dims = 1 if op == "conv1d" else 2
+            if len(wshape) != dims + 2:
+                raise InvalidArgumentError(f"{where}: weight shape {wshape} is not a {op} weight")
+            if len(x) != dims + 1 or x[0] != wshape[1]:
+                raise InvalidArgumentError(
+                    f"{where}: weight {wshape} needs an input of {wshape[1]} channels and {dims} spatial axes "
+                    f"but gets shape {x}"
+                )
+            stride = self._attr(node, "stride", dims, default=1, where=where, minimum=1)
+            padding = self._attr(node, "padding", dims, default=0, where=where, minimum=0)
+            if node.kernel_size:
+                raise InvalidArgumentError(f"{where}: convs take the kernel size from the weight; kernel_size is set")
+            out = [(x[1 + i] + 2 * padding[i] - wshape[2 + i]) // stride[i] + 1 for i in range(dims)]
+            if any(o < 1 for o in out):
+                raise InvalidArgumentError(f"{where}: kernel {wshape[2:]} does not fit input {x} (padding {padding})")
+            return (wshape[0], *out)
+        if node.weight or node.bias:
+            raise InvalidArgumentError(f"{where} carries weights, but {op} takes none")
+        if op in ("relu", "flatten", "global_avgpool") and (node.kernel_size or node.stride or node.padding):
+            raise InvalidArgumentError(f"{where} sets kernel_size/stride/padding, which {op} does not take")
+        if op == "relu":
+            return x
+        if op == "add":
+            if ins[0] != ins[1]:
+                raise InvalidArgumentError(f"{where}: cannot add shapes {ins[0]} and {ins[1]}")
+            return x
+        if op == "flatten":
+            return (math.prod(x),)
+        if op == "global_avgpool":
+            if len(x) < 2:
+                raise InvalidArgumentError(f"{where}: input {x} has no spatial axis to pool")
+            return (x[0],)
+        # maxpool / avgpool
+        if len(x) not in (2, 3):
+            raise InvalidArgumentError(f"{where}: input {x} must be (C, L) or (C, H, W)")
+        dims = len(x) - 1
+        kernel = self._attr(node, "kernel_size", dims, default=None, where=where, minimum=1)
+        stride = self._attr(node, "stride", dims, default=kernel, where=where, minimum=1)
+        padding = self._attr(node, "padding", dims, default=0, where=where, minimum=0)
+        if any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
+            raise InvalidArgumentError(f"{where}: padding {padding} is more than half the kernel {kernel}")
+        out = [(x[1 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(dims)]
+        if any(o < 1 for o in out):
+            raise InvalidArgumentError(f"{where}: kernel {kernel} does not fit input {x}")
+        return (x[0], *out)
+
+    @staticmethod
+    def _attr(
+        node: pb.Node, field: str, dims: int, *, default: int | list[int] | None, where: str, minimum: int
+    ) -> list[int]:
+        values = [int(v) for v in getattr(node, field)]
+        if not values:
+            if default is None:
+                raise InvalidArgumentError(f"{where} needs {field} ({dims} values)")
+            return list(default) if isinstance(default, list) else [default] * dims
+        if len(values) != dims:
+            raise InvalidArgumentError(f"{where}: {field} has {len(values)} values, expected {dims}")
+        if any(v < minimum for v in values):
+            raise InvalidArgumentError(f"{where}: {field} {values} must be >= {minimum}")
+        return values
+
+    def conv_params(self, node: pb.Node) -> tuple[list[int], list[int]]:
+        """``(stride, padding)`` of a conv node, one value per spatial axis (defaults filled in)."""
+        dims = 1 if self.op(node) == "conv1d" else 2
+        where = f"proxy node {node.name!r}"
+        return (
+            self._attr(node, "stride", dims, default=1, where=where, minimum=1),
+            self._attr(node, "padding", dims, default=0, where=where, minimum=0),
+        )
+
+    def pool_params(self, node: pb.Node, dims: int) -> tuple[list[int], list[int], list[int]]:
+        """``(kernel_size, stride, padding)`` of a pool node over ``dims`` spatial axes (defaults filled in)."""
+        where = f"proxy node {node.name!r}"
+        kernel = self._attr(node, "kernel_size", dims, default=None, where=where, minimum=1)
+        return (
+            kernel,
+            self._attr(node, "stride", dims, default=kernel, where=where, minimum=1),
+            self._attr(node, "padding", dims, default=0, where=where, minimum=0),
+        )
+
+    # --- validation ---------------------------------------------------------------------------------------------
+
+    def validate(
+        self, expected_input_shape: Sequence[int] | None = None, expected_num_classes: int | None = None
+    ) -> None:
+        """Check structure and, when given, the fit to a dataset; raise on the first problem.
+
+        Args:
+            expected_input_shape: the dataset's per-sample shape; it must map to the proxy's input (see
+                :func:`sample_layout`: same shape, channel-last image, or same element count).
+            expected_num_classes: the dataset's class count; must equal the proxy's.
+
+        Raises:
+            InvalidArgumentError: what is wrong and what to do.
+        """
+        if not self._validated:
+            self._validate_structure()
+            self._validated = True
+        if expected_input_shape is not None:
+            shape = tuple(int(v) for v in expected_input_shape)
+            if sample_layout(shape, self.input_shape) is None:
+                raise InvalidArgumentError(
+                    f"proxy input shape {self.input_shape} does not fit the dataset's samples of shape {shape}; "
+                    "export the proxy from a model built for this dataset"
+                )
+        if expected_num_classes is not None and int(expected_num_classes) != self.num_classes:
+            raise InvalidArgumentError(
+                f"proxy predicts {self.num_classes} classes but the dataset has {int(expected_num_classes)}; "
+                "export the proxy from a model built for this dataset"
+            )
+
+    def validate_for(self, *, input_shape: Sequence[int] | None = None, num_classes: int | None = None) -> None:
+        """Keyword form of :meth:`validate` (``input_shape`` is the dataset's sample shape)."""
+        self.validate(expected_input_shape=input_shape, expected_num_classes=num_classes)
+
+    def _validate_structure(self) -> None:
+        msg = self._msg
+        if msg.format_version != FORMAT_VERSION:
+            raise InvalidArgumentError(
+                f"proxy format version {msg.format_version} is not supported (this reader knows {FORMAT_VERSION}); "
+                "export the proxy with a matching nessa version"
+            )
+        shape = self.input_shape
+        if not shape or any(v < 1 for v in shape):
+            raise InvalidArgumentError(f"proxy input shape {shape} must be non-empty with positive sizes")
+        self.input_dtype  # noqa: B018 - raises on a bad dtype
+        _check_normalization(tuple(msg.input.mean), tuple(msg.input.std), float(msg.input.scale), shape)
+        if msg.num_classes < 1:
+            raise InvalidArgumentError("proxy num_classes must be at least 1")
+        self._validate_tensors(msg.tensors)
+        names: set[str] = set()
+        for n in msg.nodes:
+            if not n.name or n.name == INPUT or n.name in names:
+                raise InvalidArgumentError(
+                    f"proxy node name {n.name!r} is empty, reserved or repeated; node names must be unique and "
+                    f"not {INPUT!r}"
+                )
+            names.add(n.name)
+            self.op(n)
+        if not names:
+            raise InvalidArgumentError("proxy has no nodes")
+        if msg.output not in names:
+            raise InvalidArgumentError(f"proxy output {msg.output!r} is not a node of the graph")
+        if msg.embedding not in names and msg.embedding != INPUT:
+            raise InvalidArgumentError(f"proxy embedding {msg.embedding!r} is not a node of the graph")
+        shapes = self.shapes()
+        if shapes[msg.output] != (self.num_classes,):
+            raise InvalidArgumentError(
+                f"proxy output {msg.output!r} has shape {shapes[msg.output]} but the proxy declares "
+                f"{self.num_classes} classes"
+            )
+
+    def _validate_tensors(self, tensors: Iterable[pb.Tensor]) -> None:
+        seen: set[str] = set()
+        for t in tensors:
+            if not t.name or t.name in seen:
+                raise InvalidArgumentError(f"proxy tensor name {t.name!r} is empty or repeated")
+            seen.add(t.name)
+            if not t.shape or any(v < 1 for v in t.shape):
+                raise InvalidArgumentError(f"proxy tensor {t.name!r} has shape {list(t.shape)}; sizes must be >= 1")
+            values, scales = self.tensor_raw(t.name)  # checks dtype and byte length
+            if scales is None:
+                if len(t.scales):
+                    raise InvalidArgumentError(f"proxy tensor {t.name!r} is FLOAT32 but carries scales")
+                if not np.all(np.isfinite(values)):
+                    raise InvalidArgumentError(
+                        f"proxy tensor {t.name!r} has NaN or Inf values; the model diverged or the proxy is corrupt"
+                    )
+            else:
+                if scales.shape != (values.shape[0],):
+                    raise InvalidArgumentError(
+                        f"proxy tensor {t.name!r} has {scales.size} scales for {values.shape[0]} output channels"
+                    )
+                if not np.all(np.isfinite(scales)) or not np.all(scales > 0):
+                    raise InvalidArgumentError(
+                        f"proxy tensor {t.name!r} has NaN, Inf or non-positive scales; re-export the proxy"
+                    )
+
+
+def dumps(proxy: Proxy) -> bytes:
+    """The wire form of ``proxy``: its message with a fresh checksum, serialized deterministically."""
+    proxy.seal()
+    return proxy.message.SerializeToString(deterministic=True)
+
+
+def loads(data: bytes) -> Proxy:
+    """Parse, check the checksum of, and validate a proxy's wire form.
+
+    Raises:
+        InvalidArgumentError: not a proxy, a checksum mismatch, or a structural problem (see :meth:`Proxy.validate`).
+    """
+    msg = pb.Proxy()
+    try:
+        msg.ParseFromString(bytes(data))
+    except DecodeError as exc:
+        raise InvalidArgumentError(
+            f"bytes are not a nessa.v1.Proxy message ({exc}); send a proxy from dumps()"
+        ) from exc
+    proxy = Proxy(msg)
+    if not msg.checksum:
+        raise InvalidArgumentError("proxy carries no checksum; serialize it with nessa.proxy.dumps()")
+    actual = proxy.compute_checksum()
+    if actual != msg.checksum:
+        raise InvalidArgumentError(
+            f"proxy checksum mismatch: content hashes to {actual[:16]}… but the proxy says {msg.checksum[:16]}…; "
+            "the proxy was corrupted or modified after export, send it again"
+        )
+    proxy.validate()
+    return proxy
+
+
+def op_enum(name: str) -> pb.OpType:
+    """Wire enum of op ``name`` (``"conv2d"`` → ``OP_CONV2D``)."""
+    return _OP_BY_NAME[name]
+
+
+def dtype_enum(name: str) -> pb.DType:
+    """Wire enum of a sample dtype name (``"float32"``/``"uint8"``)."""
+    return _DTYPE_NAMES[name]

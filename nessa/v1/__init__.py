@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for nessa.v1 (do not edit; run `make protos`)."""

@@ -1,0 +1,233 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ...) -> None: ...
+
+class DescribeDatasetRequest(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("name", "num_samples", "num_classes", "class_names", "class_counts", "codec", "sample_shape", "dtype", "total_bytes", "num_shards", "proxy_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    num_samples: int
+    num_classes: int
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    class_counts: _containers.RepeatedScalarFieldContainer[int]
+    codec: str
+    sample_shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    total_bytes: int
+    num_shards: int
+    proxy_version: int
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., total_bytes: _Optional[int] = ..., num_shards: _Optional[int] = ..., proxy_version: _Optional[int] = ...) -> None: ...
+
+class ProxyChunk(_message.Message):
+    __slots__ = ("dataset", "version", "data", "total_size", "sha256")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    version: int
+    data: bytes
+    total_size: int
+    sha256: str
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ProxyAck(_message.Message):
+    __slots__ = ("dataset", "version", "size", "sha256", "previous_version")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    version: int
+    size: int
+    sha256: str
+    previous_version: int
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., previous_version: _Optional[int] = ...) -> None: ...
+
+class SelectRequest(_message.Message):
+    __slots__ = ("dataset", "method", "fraction", "count", "budget_rule", "seed", "options", "proxy_version", "candidates", "engine")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_RULE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    method: str
+    fraction: float
+    count: int
+    budget_rule: str
+    seed: int
+    options: _containers.ScalarMap[str, str]
+    proxy_version: int
+    candidates: _containers.RepeatedScalarFieldContainer[int]
+    engine: str
+    def __init__(self, dataset: _Optional[str] = ..., method: _Optional[str] = ..., fraction: _Optional[float] = ..., count: _Optional[int] = ..., budget_rule: _Optional[str] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., engine: _Optional[str] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("read_seconds", "proxy_forward_seconds", "selection_seconds", "total_seconds")
+    READ_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    read_seconds: float
+    proxy_forward_seconds: float
+    selection_seconds: float
+    total_seconds: float
+    def __init__(self, read_seconds: _Optional[float] = ..., proxy_forward_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+
+class Selection(_message.Message):
+    __slots__ = ("id", "dataset", "method", "indices", "weights", "objective", "proxy_version", "timings", "class_counts", "num_candidates", "size", "selected_bytes", "candidate_bytes", "inline", "cached", "options_json", "extras_json", "budget_rule")
+    class ClassCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_RULE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    dataset: str
+    method: str
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    objective: float
+    proxy_version: int
+    timings: Timings
+    class_counts: _containers.ScalarMap[int, int]
+    num_candidates: int
+    size: int
+    selected_bytes: int
+    candidate_bytes: int
+    inline: bool
+    cached: bool
+    options_json: str
+    extras_json: str
+    budget_rule: str
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., objective: _Optional[float] = ..., proxy_version: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., class_counts: _Optional[_Mapping[int, int]] = ..., num_candidates: _Optional[int] = ..., size: _Optional[int] = ..., selected_bytes: _Optional[int] = ..., candidate_bytes: _Optional[int] = ..., inline: _Optional[bool] = ..., cached: _Optional[bool] = ..., options_json: _Optional[str] = ..., extras_json: _Optional[str] = ..., budget_rule: _Optional[str] = ...) -> None: ...
+
+class Partition(_message.Message):
+    __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip")
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    world_size: int
+    rank: int
+    num_workers: int
+    worker: int
+    block_size: int
+    skip: int
+    def __init__(self, world_size: _Optional[int] = ..., rank: _Optional[int] = ..., num_workers: _Optional[int] = ..., worker: _Optional[int] = ..., block_size: _Optional[int] = ..., skip: _Optional[int] = ...) -> None: ...
+
+class IndexList(_message.Message):
+    __slots__ = ("indices",)
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("dataset", "selection_id", "indices", "batch_size", "shuffle_seed", "cursor", "max_batch_bytes", "partition", "metadata_only")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_SEED_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_ONLY_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    selection_id: str
+    indices: IndexList
+    batch_size: int
+    shuffle_seed: int
+    cursor: str
+    max_batch_bytes: int
+    partition: Partition
+    metadata_only: bool
+    def __init__(self, dataset: _Optional[str] = ..., selection_id: _Optional[str] = ..., indices: _Optional[_Union[IndexList, _Mapping]] = ..., batch_size: _Optional[int] = ..., shuffle_seed: _Optional[int] = ..., cursor: _Optional[str] = ..., max_batch_bytes: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ..., metadata_only: _Optional[bool] = ...) -> None: ...
+
+class SampleBatch(_message.Message):
+    __slots__ = ("indices", "labels", "weights", "samples", "piece_offset", "sample_size", "cursor", "position", "total")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PIECE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    samples: _containers.RepeatedScalarFieldContainer[bytes]
+    piece_offset: int
+    sample_size: int
+    cursor: str
+    position: int
+    total: int
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., samples: _Optional[_Iterable[bytes]] = ..., piece_offset: _Optional[int] = ..., sample_size: _Optional[int] = ..., cursor: _Optional[str] = ..., position: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...

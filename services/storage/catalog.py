@@ -1,0 +1,181 @@
+"""The datasets a daemon serves: every sub-directory of the data directory that holds a ``manifest.json``.
+
+Datasets are addressed by name, never by path: a name is one path component of letters, digits, ``.``, ``_`` and
+``-`` (not starting with a dot), looked up among the directories found under the data directory, whose real
+paths must stay inside it. Nothing else on the disk can be reached through a request. Hidden directories (the
+daemon's own state, ingest temporaries) are not datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nessa.errors import InvalidArgumentError, NessaError, NotFoundError
+from nessa.metrics import DATASET_SIZE
+from nessa.store import DatasetReader, open_dataset
+
+__all__ = ["Catalog", "DatasetEntry", "check_name"]
+
+log = logging.getLogger("nessa.storage")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MANIFEST = "manifest.json"
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid dataset name, else raise :class:`InvalidArgumentError`."""
+    if not name:
+        raise InvalidArgumentError("no dataset named: give a dataset name (see ListDatasets)")
+    if not _NAME_RE.match(name) or ".." in name:
+        raise InvalidArgumentError(
+            f"{name!r} is not a dataset name: names are one word of letters, digits, '.', '_' and '-' "
+            "(never a path); see ListDatasets for the names this daemon serves"
+        )
+    return name
+
+
+@dataclass
+class DatasetEntry:
+    """One opened dataset and the facts the daemon reports about it.
+
+    Attributes:
+        name: the dataset's name (its directory name).
+        path: its directory.
+        reader: the store's reader (thread-safe reads of sample bytes).
+        labels: int64 label per sample.
+        sizes: int64 stored bytes per sample.
+        num_classes: number of classes.
+        class_names: class names (may be empty).
+        codec: ``raw``, ``png``, ``jpeg`` or ``bytes``.
+        sample_shape: shape of one decoded sample (``()`` for encoded codecs).
+        dtype: dtype of one decoded sample ("" for encoded codecs).
+        total_bytes: sum of the stored sample bytes.
+        num_shards: LMDB shards.
+        fingerprint: SHA-256 of ``manifest.json`` (changes when the dataset is re-ingested).
+        class_counts: samples per label.
+    """
+
+    name: str
+    path: Path
+    reader: DatasetReader
+    labels: np.ndarray
+    sizes: np.ndarray
+    num_classes: int
+    class_names: list[str]
+    codec: str
+    sample_shape: tuple[int, ...]
+    dtype: str
+    total_bytes: int
+    num_shards: int
+    fingerprint: str
+    class_counts: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def nbytes(self, indices: np.ndarray | Sequence[int]) -> int:
+        """Stored bytes of the given samples."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return int(self.sizes[idx].sum()) if idx.size else 0
+
+
+def _open_entry(name: str, path: Path) -> DatasetEntry:
+    reader = open_dataset(path)
+    labels = np.asarray(reader.labels, dtype=np.int64)
+    num_classes = int(reader.num_classes)
+    counts = np.bincount(labels, minlength=num_classes) if len(labels) else np.zeros(num_classes, np.int64)
+    dtype = reader.dtype
+    return DatasetEntry(
+        name=name,
+        path=path,
+        reader=reader,
+        labels=labels,
+        sizes=np.asarray(reader.sizes, dtype=np.int64),
+        num_classes=num_classes,
+        class_names=[str(c) for c in reader.class_names],
+        codec=str(reader.codec.kind),
+        sample_shape=tuple(int(d) for d in (reader.sample_shape or ())),
+        dtype=str(np.dtype(dtype)) if dtype is not None else "",
+        total_bytes=int(reader.total_bytes),
+        num_shards=int(reader.num_shards),
+        fingerprint=hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest(),
+        class_counts=[int(c) for c in counts],
+    )
+
+
+class Catalog:
+    """The datasets under one data directory, opened once and looked up by name.
+
+    Args:
+        data_dir: the directory to serve.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir).resolve()
+        self._entries: dict[str, DatasetEntry] = {}
+        self._broken: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> list[str]:
+        """Open datasets that appeared since the last scan; return the names served."""
+        with self._lock:
+            for child in sorted(self.root.iterdir()):
+                name = child.name
+                if name in self._entries or not _NAME_RE.match(name) or not (child / MANIFEST).is_file():
+                    continue
+                real = child.resolve()
+                if real.parent != self.root and self.root not in real.parents:
+                    log.warning("skipping dataset %s: it links outside the data directory (%s)", name, real)
+                    continue
+                try:
+                    entry = _open_entry(name, real)
+                except NessaError as exc:
+                    if self._broken.get(name) != str(exc):
+                        log.error("cannot serve dataset %s: %s", name, exc)
+                    self._broken[name] = str(exc)
+                    continue
+                self._broken.pop(name, None)
+                self._entries[name] = entry
+                DATASET_SIZE.labels(dataset=name).set(entry.total_bytes)
+                log.info("serving dataset %s: %d samples, %d classes, %d bytes", name, len(entry),
+                         entry.num_classes, entry.total_bytes)  # fmt: skip
+            return sorted(self._entries)
+
+    def names(self) -> list[str]:
+        """Names of the datasets served (after a rescan for new ones)."""
+        return self.refresh()
+
+    def entries(self) -> list[DatasetEntry]:
+        """Every dataset served, by name."""
+        return [self._entries[name] for name in self.refresh()]
+
+    def get(self, name: str) -> DatasetEntry:
+        """The dataset called ``name``.
+
+        Raises:
+            InvalidArgumentError: ``name`` is not a valid name (e.g. a path).
+            NotFoundError: no such dataset, or it could not be opened (the message says why).
+        """
+        check_name(name)
+        entry = self._entries.get(name)
+        if entry is None:
+            self.refresh()
+            entry = self._entries.get(name)
+        if entry is None:
+            broken = self._broken.get(name)
+            if broken is not None:
+                raise NotFoundError(f"dataset {name!r} exists but cannot be served: {broken}")
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise NotFoundError(
+                f"no dataset named {name!r} under the daemon's data directory (serving: {known}); "
+                "ingest it with `nessa ingest` or check the name"
+            )
+        return entry

@@ -1,0 +1,122 @@
+"""Configuration of the storage daemon: one frozen dataclass built from CLI flags (and ``NESSA_TOKEN``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nessa.errors import InvalidArgumentError
+
+__all__ = ["ENV_TOKEN", "MIB", "STATE_DIR_NAME", "DaemonConfig"]
+
+MIB = 1 << 20
+ENV_TOKEN = "NESSA_TOKEN"
+#: Hidden directory under the data directory where the daemon keeps proxies and selections across restarts.
+STATE_DIR_NAME = ".nessa-state"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the storage daemon needs to start.
+
+    Attributes:
+        data_dir: directory whose sub-directories are datasets (each with a ``manifest.json``).
+        host: address to listen on.
+        port: gRPC port; 0 picks a free one.
+        metrics_port: Prometheus ``/metrics`` port; 0 picks a free one, ``None`` serves no metrics.
+        tls_cert: PEM certificate chain path; with ``tls_key`` the daemon speaks TLS only.
+        tls_key: PEM private key path.
+        token: bearer token every call but health checks must carry; ``None`` disables the check.
+        state_dir: where proxies and selections survive restarts; default ``<data_dir>/.nessa-state``.
+        engine: default proxy engine (``opencl``: the near-storage path; ``torch``; ``numpy`` only when asked).
+        max_workers: gRPC handler threads; also the most RPCs in progress (more get RESOURCE_EXHAUSTED).
+        max_message_bytes: largest gRPC message sent or received.
+        default_batch_bytes: sample payload per stream message when the request does not say.
+        max_proxy_bytes: largest proxy accepted.
+        max_concurrent_selections: Select calls that may run at once (more get RESOURCE_EXHAUSTED).
+        selection_cache_bytes: memory for recent selections kept in memory (older ones are reloaded from disk).
+        max_saved_selections: selections kept on disk (oldest removed first).
+        proxy_batch_size: samples per proxy forward batch (cancellation is checked between batches).
+        grace_seconds: on shutdown, how long in-flight calls may finish.
+        drain_seconds: on shutdown, how long health reports NOT_SERVING before new calls are refused.
+        warmup: build the OpenCL kernels before reporting SERVING.
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = 9400
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+    state_dir: Path | None = None
+    engine: str = "opencl"
+    max_workers: int = 16
+    max_message_bytes: int = 4 * MIB
+    default_batch_bytes: int = 1 * MIB
+    max_proxy_bytes: int = 512 * MIB
+    max_concurrent_selections: int = 4
+    selection_cache_bytes: int = 256 * MIB
+    max_saved_selections: int = 256
+    proxy_batch_size: int = 1024
+    grace_seconds: float = 10.0
+    drain_seconds: float = 1.0
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not self.data_dir.is_dir():
+            raise InvalidArgumentError(
+                f"data directory {str(self.data_dir)!r} does not exist; create it and ingest datasets with "
+                "`nessa ingest`, or pass the right --data-dir"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key (or neither for plaintext)")
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+                if not Path(value).is_file():
+                    raise InvalidArgumentError(f"--{name.replace('_', '-')} file {str(value)!r} does not exist")
+        if self.token is not None and not self.token.strip():
+            raise InvalidArgumentError(f"the bearer token is empty; give a non-empty --token or unset {ENV_TOKEN}")
+        if not 0 <= self.port < 65536:
+            raise InvalidArgumentError(f"port {self.port} is not in [0, 65535]")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise InvalidArgumentError(f"metrics port {self.metrics_port} is not in [0, 65535]")
+        if self.max_message_bytes < 64 * 1024:
+            raise InvalidArgumentError(f"max_message_bytes must be >= 65536; got {self.max_message_bytes}")
+        if not 0 < self.default_batch_bytes <= self.max_batch_bytes:
+            raise InvalidArgumentError(
+                f"default_batch_bytes must be in (0, {self.max_batch_bytes}] (the message limit less headroom)"
+            )
+        for name in ("max_workers", "max_concurrent_selections", "proxy_batch_size", "max_saved_selections"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.state_dir is None:
+            object.__setattr__(self, "state_dir", self.data_dir / STATE_DIR_NAME)
+        else:
+            object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """Most sample payload one stream message may carry: the message limit less 64 KiB for metadata."""
+        return self.max_message_bytes - 64 * 1024
+
+    @property
+    def tls(self) -> bool:
+        """Whether the daemon serves TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory (always set after construction)."""
+        if self.state_dir is None:
+            raise InvalidArgumentError("state_dir is unset")
+        return self.state_dir
+
+    @staticmethod
+    def token_from_env(flag: str | None) -> str | None:
+        """The token from ``--token`` if given, else from ``NESSA_TOKEN``, else ``None``."""
+        return flag if flag else (os.environ.get(ENV_TOKEN) or None)

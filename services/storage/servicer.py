@@ -1,0 +1,340 @@
+"""The ``nessa.v1.Storage`` servicer: protobuf in, domain calls, protobuf out — nothing else.
+
+Errors are raised as :mod:`nessa.errors` exceptions and turned into statuses by
+:class:`nessa.services.storage.interceptors.ErrorInterceptor`. Bytes sent are counted here, as the serialized size
+of every dataset-scoped reply (:mod:`nessa.metrics` defines the kinds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+from nessa.services.storage.cancel import CancelToken
+from nessa.services.storage.catalog import Catalog, DatasetEntry
+from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
+from nessa.services.storage.selections import SelectionParams, SelectionService, StoredSelection
+from nessa.services.storage.streaming import Batch, check_limits, iter_batches, plan_stream, prefetched
+
+from nessa.errors import InvalidArgumentError
+from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
+from nessa.order import Partition
+from nessa.v1 import storage_pb2 as pb
+from nessa.v1 import storage_pb2_grpc
+
+__all__ = ["StorageServicer", "add_to_server", "dataset_info", "encode_sample_batch"]
+
+#: Bytes one index + weight may take in a Selection reply (packed varint int64 + float), for the inline decision.
+_SELECTION_BYTES_PER_SAMPLE = 16
+SERVICE = pb.DESCRIPTOR.services_by_name["Storage"].full_name
+
+
+def dataset_info(entry: DatasetEntry, proxy_version: int | None) -> pb.DatasetInfo:
+    """The ``DatasetInfo`` of one dataset."""
+    info = pb.DatasetInfo(
+        name=entry.name,
+        num_samples=len(entry),
+        num_classes=entry.num_classes,
+        class_names=entry.class_names,
+        class_counts=entry.class_counts,
+        codec=entry.codec,
+        sample_shape=list(entry.sample_shape),
+        dtype=entry.dtype,
+        total_bytes=entry.total_bytes,
+        num_shards=entry.num_shards,
+    )
+    if proxy_version is not None:
+        info.proxy_version = proxy_version
+    return info
+
+
+_SAMPLES_TAG = bytes([(pb.SampleBatch.SAMPLES_FIELD_NUMBER << 3) | 2])  # field 4, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_PREFIXES: dict[int, bytes] = {}
+
+
+def _prefix(size: int) -> bytes:
+    """Tag and length of one ``samples`` entry of ``size`` bytes (cached: most datasets have few sizes)."""
+    prefix = _PREFIXES.get(size)
+    if prefix is None:
+        prefix = _SAMPLES_TAG + _varint(size)
+        if len(_PREFIXES) < 65536:
+            _PREFIXES[size] = prefix
+    return prefix
+
+
+def encode_sample_batch(meta: pb.SampleBatch, samples: list[bytes]) -> bytes:
+    """Serialize a ``SampleBatch``: ``meta`` (every field but ``samples``) followed by the ``samples`` entries.
+
+    The result parses as the message with both and has exactly its ``ByteSize()`` (field order does not change
+    sizes), but the sample bytes are copied once, by one join, instead of into the message and again out of it.
+    """
+    parts = [meta.SerializeToString()]
+    for s in samples:
+        parts += (_prefix(len(s)), s)
+    return b"".join(parts)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` as ``nessa.v1.Storage``.
+
+    The generated wiring, except that ``StreamSamples`` sends the bytes :func:`encode_sample_batch` made (no second
+    serialization).
+    """
+    handlers = {
+        "ListDatasets": grpc.unary_unary_rpc_method_handler(
+            servicer.ListDatasets,
+            request_deserializer=pb.ListDatasetsRequest.FromString,
+            response_serializer=pb.ListDatasetsResponse.SerializeToString,
+        ),
+        "DescribeDataset": grpc.unary_unary_rpc_method_handler(
+            servicer.DescribeDataset,
+            request_deserializer=pb.DescribeDatasetRequest.FromString,
+            response_serializer=pb.DatasetInfo.SerializeToString,
+        ),
+        "PushProxy": grpc.stream_unary_rpc_method_handler(
+            servicer.PushProxy,
+            request_deserializer=pb.ProxyChunk.FromString,
+            response_serializer=pb.ProxyAck.SerializeToString,
+        ),
+        "Select": grpc.unary_unary_rpc_method_handler(
+            servicer.Select,
+            request_deserializer=pb.SelectRequest.FromString,
+            response_serializer=pb.Selection.SerializeToString,
+        ),
+        "StreamSamples": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamSamples,
+            request_deserializer=pb.StreamRequest.FromString,
+            response_serializer=_identity,
+        ),
+    }
+    expected = set(pb.DESCRIPTOR.services_by_name["Storage"].methods_by_name)
+    if set(handlers) != expected:  # the proto gained or lost an RPC: this table must follow
+        raise RuntimeError(f"add_to_server registers {sorted(handlers)} but nessa.v1.Storage has {sorted(expected)}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _count_metadata(dataset: str, message: Any) -> None:
+    BYTES_SENT.labels(dataset=dataset, kind="metadata").inc(message.ByteSize())
+
+
+def _parse_option(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(
+            f"option {name!r}: {text!r} is not a JSON value; send JSON text such as 0.5, 10, true or "
+            '"lazy" (strings in double quotes)'
+        ) from exc
+
+
+def _parse_options(options: Any) -> dict[str, Any]:
+    return {name: _parse_option(name, text) for name, text in options.items()}
+
+
+def _encoded(batches: Iterator[Batch]) -> Iterator[tuple[Batch, bytes]]:
+    for b in batches:
+        meta = pb.SampleBatch(
+            indices=b.indices,
+            labels=b.labels,
+            weights=b.weights,
+            piece_offset=b.piece_offset,
+            sample_size=b.sample_size,
+            cursor=b.cursor,
+            position=b.position,
+            total=b.total,
+        )
+        yield b, encode_sample_batch(meta, b.samples)
+
+
+class StorageServicer(storage_pb2_grpc.StorageServicer):
+    """Implements ``nessa.v1.Storage`` over the catalog, the proxy store and the selection service.
+
+    Args:
+        config: the daemon's configuration (limits).
+        catalog: datasets served.
+        proxies: proxies held.
+        selections: selection jobs and results.
+    """
+
+    def __init__(
+        self, config: DaemonConfig, catalog: Catalog, proxies: ProxyStore, selections: SelectionService
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.proxies = proxies
+        self.selections = selections
+
+    def _proxy_version(self, dataset: str) -> int | None:
+        record = self.proxies.get(dataset)
+        return record.version if record is not None else None
+
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
+        """Every dataset served."""
+        return pb.ListDatasetsResponse(
+            datasets=[dataset_info(e, self._proxy_version(e.name)) for e in self.catalog.entries()]
+        )
+
+    def DescribeDataset(self, request: pb.DescribeDatasetRequest, context: grpc.ServicerContext) -> pb.DatasetInfo:
+        """One dataset."""
+        entry = self.catalog.get(request.dataset)
+        info = dataset_info(entry, self._proxy_version(entry.name))
+        _count_metadata(entry.name, info)
+        return info
+
+    def PushProxy(self, request_iterator: Iterable[pb.ProxyChunk], context: grpc.ServicerContext) -> pb.ProxyAck:
+        """Receive, check and keep a proxy."""
+        chunks = (
+            ProxyChunkData(
+                dataset=c.dataset,
+                version=c.version if c.HasField("version") else None,
+                data=c.data,
+                total_size=c.total_size,
+                sha256=c.sha256,
+            )
+            for c in request_iterator
+        )
+        record, previous = self.proxies.receive(chunks, CancelToken(context.is_active))
+        ack = pb.ProxyAck(dataset=record.dataset, version=record.version, size=record.size, sha256=record.sha256)
+        if previous is not None:
+            ack.previous_version = previous
+        _count_metadata(record.dataset, ack)
+        return ack
+
+    def Select(self, request: pb.SelectRequest, context: grpc.ServicerContext) -> pb.Selection:
+        """Run a selection (or return the identical one made before)."""
+        which = request.WhichOneof("budget")
+        params = SelectionParams(
+            dataset=request.dataset,
+            method=request.method,
+            fraction=request.fraction if which == "fraction" else None,
+            count=int(request.count) if which == "count" else None,
+            budget_rule=request.budget_rule,
+            seed=int(request.seed),
+            options=_parse_options(request.options),
+            proxy_version=request.proxy_version if request.HasField("proxy_version") else None,
+            candidates=np.asarray(request.candidates, dtype=np.int64) if len(request.candidates) else None,
+            engine=request.engine,
+        )
+        if not params.method:
+            raise InvalidArgumentError("no selection method given; name one (e.g. 'random', 'craig')")
+        sel, cached = self.selections.select(params, CancelToken(context.is_active))
+        reply = self._selection_reply(sel, cached)
+        _count_metadata(sel.dataset, reply)
+        return reply
+
+    def _selection_reply(self, sel: StoredSelection, cached: bool) -> pb.Selection:
+        n = len(sel.indices)
+        inline = n * _SELECTION_BYTES_PER_SAMPLE + 64 * 1024 <= self.config.max_message_bytes
+        reply = pb.Selection(
+            id=sel.id,
+            dataset=sel.dataset,
+            method=sel.method,
+            objective=sel.objective,
+            timings=pb.Timings(
+                read_seconds=sel.timings.get("read_seconds", 0.0),
+                proxy_forward_seconds=sel.timings.get("proxy_forward_seconds", 0.0),
+                selection_seconds=sel.timings.get("selection_seconds", 0.0),
+                total_seconds=sel.timings.get("total_seconds", 0.0),
+            ),
+            class_counts=sel.class_counts,
+            num_candidates=sel.num_candidates,
+            size=n,
+            selected_bytes=sel.selected_bytes,
+            candidate_bytes=sel.candidate_bytes,
+            inline=inline,
+            cached=cached,
+            options_json=json.dumps(sel.options, sort_keys=True),
+            extras_json=json.dumps(sel.extras, sort_keys=True),
+            budget_rule=sel.budget_rule,
+        )
+        if inline:
+            reply.indices.extend(sel.indices.tolist())
+            reply.weights.extend(sel.weights.tolist())
+        if sel.proxy_version is not None:
+            reply.proxy_version = sel.proxy_version
+        return reply
+
+    def StreamSamples(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Stream a selection's (or explicit indices') samples in batches bounded in bytes (serialized here)."""
+        cfg = self.config
+        check_limits(request.batch_size, request.max_batch_bytes, cfg.max_batch_bytes)
+        source = request.WhichOneof("source")
+        if source == "selection_id":
+            sel = self.selections.get(request.selection_id)
+            if request.dataset and request.dataset != sel.dataset:
+                raise InvalidArgumentError(
+                    f"selection {sel.id} is of dataset {sel.dataset!r}, not {request.dataset!r}; "
+                    "drop the dataset or name the right one"
+                )
+            entry = self.catalog.get(sel.dataset)
+            indices, weights, source_key = sel.indices, sel.weights, sel.id
+        elif source == "indices":
+            entry = self.catalog.get(request.dataset)
+            indices = np.asarray(request.indices.indices, dtype=np.int64)
+            weights = np.ones(len(indices), dtype=np.float32)
+            source_key = "indices:" + hashlib.sha256(indices.tobytes()).hexdigest()
+        else:
+            raise InvalidArgumentError("StreamSamples needs a source: a selection_id or explicit indices")
+        p = request.partition
+        partition = Partition(
+            world_size=p.world_size or 1,
+            rank=p.rank,
+            num_workers=p.num_workers or 1,
+            worker=p.worker,
+            block_size=p.block_size or 1,
+            skip=p.skip,
+        )
+        plan = plan_stream(
+            entry,
+            indices,
+            weights,
+            source_key,
+            shuffle_seed=request.shuffle_seed if request.HasField("shuffle_seed") else None,
+            partition=partition,
+            cursor=request.cursor,
+        )
+        batches = iter_batches(
+            plan,
+            batch_size=request.batch_size or 256,
+            max_batch_bytes=request.max_batch_bytes or cfg.default_batch_bytes,
+            max_message_bytes=cfg.max_message_bytes,
+            metadata_only=request.metadata_only,
+            cancel=CancelToken(context.is_active),
+        )
+        samples_sent = BYTES_SENT.labels(dataset=entry.name, kind="samples")
+        metadata_sent = BYTES_SENT.labels(dataset=entry.name, kind="metadata")
+        streamed = SAMPLES_STREAMED.labels(dataset=entry.name)
+        ACTIVE_STREAMS.inc()
+        try:
+            for b, data in prefetched(_encoded(batches)):
+                # Counted as handed to gRPC: equal to what a client that reads the stream to its end receives; for a
+                # stream the client cancels it may include messages in flight that the client never read.
+                payload = b.payload_bytes
+                samples_sent.inc(payload)
+                metadata_sent.inc(len(data) - payload)
+                if not request.metadata_only and (b.sample_size == 0 or b.piece_offset + payload == b.sample_size):
+                    streamed.inc(len(b.indices))
+                yield data
+        finally:
+            ACTIVE_STREAMS.dec()

@@ -1,0 +1,115 @@
+"""The torch side: exactly-once delivery across ranks x workers, resume from state_dict, the map-style sampler."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from daemon_helpers import make_toy, running
+from torch.utils.data import DataLoader
+
+from nessa.client import StorageClient
+from nessa.data import SelectionDataset, SelectionLoader, SelectionSampler
+from nessa.errors import InvalidArgumentError
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("torch-data")
+    x, _ = make_toy(root)
+    with running(root, warmup=False) as d:
+        sel = StorageClient(d.address).select("toy", "random", 0.1, seed=4)
+        yield d, sel, x
+
+
+def loader(ds: SelectionDataset, workers: int) -> SelectionLoader:
+    # spawn: the test process runs a gRPC server, which must not cross fork(); the dataset pickles as settings.
+    extra = {"multiprocessing_context": "spawn"} if workers else {}
+    return SelectionLoader(ds, num_workers=workers, **extra)
+
+
+def test_two_ranks_two_workers_deliver_each_sample_once_in_sampler_order(served) -> None:  # type: ignore[no-untyped-def]
+    d, sel, x = served
+    seen: list[int] = []
+    for rank in range(2):
+        ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=3, rank=rank, world_size=2)
+        ds.set_epoch(1)
+        got = []
+        for batch in loader(ds, workers=2):
+            assert len(batch["index"]) <= BATCH
+            for i, data in zip(batch["index"].tolist(), batch["data"], strict=True):
+                assert data == x[i].tobytes()
+            got.extend(batch["index"].tolist())
+        assert len(got) == len(ds)
+        # The rank's order with two workers is the order a map-style sampler gives for that rank.
+        sampler = SelectionSampler(sel, seed=3, rank=rank, world_size=2)
+        sampler.set_epoch(1)
+        assert got == list(sampler)
+        seen.extend(got)
+    assert sorted(seen) == sorted(sel.indices.tolist())
+
+
+def test_resume_mid_epoch_with_workers_matches_an_uninterrupted_run(served) -> None:  # type: ignore[no-untyped-def]
+    d, sel, _ = served
+    full_ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=5)
+    full = [i for b in loader(full_ds, workers=0) for i in b["index"].tolist()]
+    assert sorted(full) == sorted(sel.indices.tolist())
+
+    ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=5)
+    first = loader(ds, workers=2)
+    consumed: list[int] = []
+    it = iter(first)
+    for _ in range(7):
+        consumed.extend(next(it)["index"].tolist())
+    state = first.state_dict()
+    del it
+    assert state["samples_consumed"] == 7 * BATCH == len(consumed)
+    state = pickle.loads(pickle.dumps(state))  # what a checkpoint holds
+
+    resumed_ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=5)
+    resumed = loader(resumed_ds, workers=2)
+    resumed.load_state_dict(state)
+    rest = [i for b in resumed for i in b["index"].tolist()]
+    assert consumed + rest == full
+    # The next epoch starts from the beginning again (the consumed count belonged to epoch 0).
+    resumed_ds.set_epoch(1)
+    assert sorted(i for b in loader(resumed_ds, workers=0) for i in b["index"].tolist()) == sorted(full)
+
+
+def test_dataset_state_without_workers_counts_what_it_yielded(served) -> None:  # type: ignore[no-untyped-def]
+    d, sel, _ = served
+    ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=1, shuffle=False)
+    it = iter(DataLoader(ds, batch_size=BATCH))
+    head = next(it)["index"].tolist() + next(it)["index"].tolist()
+    state = ds.state_dict()
+    assert state["samples_consumed"] == 2 * BATCH and head == sel.indices[: 2 * BATCH].tolist()
+    other = SelectionDataset(d.address, sel, batch_size=BATCH, seed=1, shuffle=False)
+    other.load_state_dict(state)
+    assert [s["index"] for s in other] == sel.indices[2 * BATCH :].tolist()
+    with pytest.raises(InvalidArgumentError, match="seed"):
+        SelectionDataset(d.address, sel, seed=2, shuffle=False).load_state_dict(state)
+
+
+def test_dataset_pickles_without_a_channel(served) -> None:  # type: ignore[no-untyped-def]
+    d, sel, _ = served
+    ds = SelectionDataset(d.address, sel.id, dataset="toy", transform=None, batch_size=4)
+    next(iter(ds))  # opens a channel in this process
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._client is None
+    with pytest.raises(TypeError, match="length is unknown"):
+        len(clone)
+    assert sum(1 for _ in clone) == len(sel)
+
+
+def test_sampler_weights_and_ranks(served) -> None:  # type: ignore[no-untyped-def]
+    _, sel, _ = served
+    parts = [list(SelectionSampler(sel, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == sorted(sel.indices.tolist())
+    assert [len(p) for p in parts] == [len(SelectionSampler(sel, rank=r, world_size=3)) for r in range(3)]
+    s = SelectionSampler(sel, rank=0, world_size=1)
+    i = int(sel.indices[3])
+    assert s.weight(i) == sel.weights[3]
+    assert np.allclose(s.weight_tensor(sel.indices[:5]).numpy(), sel.weights[:5])

@@ -1,0 +1,162 @@
+"""PushProxy and proxy-driven Select on a real daemon: real exported proxies, PoCL kernels, real LMDB data."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from daemon_helpers import TOY_DIM, TOY_N, make_toy, running
+from nessa.trainer.models import mlp
+from prometheus_client import REGISTRY
+
+from nessa.client import StorageClient
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.proxy import dumps, export
+from nessa.store import ingest_arrays
+from nessa.v1 import storage_pb2 as pb
+from nessa.v1 import storage_pb2_grpc
+
+
+def toy_proxy(version: int, num_classes: int = 10, in_features: int = TOY_DIM, hidden=(64,)) -> bytes:  # type: ignore[no-untyped-def]
+    torch.manual_seed(version)
+    model = mlp(in_features=in_features, num_classes=num_classes, hidden=hidden).eval()
+    return dumps(export(model, torch.zeros(1, in_features), quantize="int8", version=version))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("proxy-data")
+    make_toy(root)
+    make_toy(root, name="other", n=500, shards=1)
+    u8 = np.random.default_rng(2).integers(0, 255, size=(40, 3, 8, 8), dtype=np.uint8)
+    ingest_arrays(u8, np.arange(40) % 4, root / "images")
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(root: Path):  # type: ignore[no-untyped-def]
+    with running(root, max_proxy_bytes=96 << 20) as d:  # warm-up builds the OpenCL kernels
+        yield d
+
+
+@pytest.fixture(scope="module")
+def client(daemon):  # type: ignore[no-untyped-def]
+    return StorageClient(daemon.address, timeout=60)
+
+
+def chunks(dataset: str, data: bytes, size: int = 1 << 20, sha: str | None = None, total: int | None = None):  # type: ignore[no-untyped-def]
+    pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    for i, piece in enumerate(pieces):
+        msg = pb.ProxyChunk(data=piece)
+        if i == 0:
+            msg.dataset = dataset
+            msg.total_size = len(data) if total is None else total
+        if i == len(pieces) - 1:
+            msg.sha256 = hashlib.sha256(data).hexdigest() if sha is None else sha
+        yield msg
+
+
+def push_code(daemon, msgs) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(daemon.address) as ch:
+        with pytest.raises(grpc.RpcError) as info:
+            storage_pb2_grpc.StorageStub(ch).PushProxy(iter(list(msgs)), timeout=30)
+    return info.value.code(), info.value.details()
+
+
+def test_push_then_select_craig_on_opencl(client: StorageClient, daemon) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FailedPreconditionError, match="no proxy was pushed"):
+        client.select("toy", "craig", 0.1)
+    ack = client.push_proxy(toy_proxy(1), "toy")
+    assert (ack.dataset, ack.version, ack.previous_version) == ("toy", 1, None)
+    assert client.describe("toy").proxy_version == 1
+    assert client.bytes_sent["proxy"] == ack.size
+    sel = client.select("toy", "craig", 0.1, seed=0, proxy_version=1, engine="opencl")
+    assert len(sel) == TOY_N // 10 and len(np.unique(sel.indices)) == len(sel)
+    assert sel.proxy_version == 1 and np.isfinite(sel.objective)
+    assert sel.weights.mean() == pytest.approx(1.0, rel=1e-4) and (sel.weights > 0).all()
+    assert sel.timings["proxy_forward_seconds"] > 0 and sel.timings["total_seconds"] >= sel.timings["selection_seconds"]
+    got = sorted(i for b in client.stream(sel) for i in b.indices.tolist())
+    assert got == sorted(sel.indices.tolist())
+    with pytest.raises(FailedPreconditionError, match="holds proxy version 1"):
+        client.select("toy", "craig", 0.1, proxy_version=2)
+    # A newer proxy replaces it; the same request on it is a new selection.
+    ack2 = client.push_proxy(toy_proxy(2), "toy")
+    assert (ack2.version, ack2.previous_version) == (2, 1)
+    sel2 = client.select("toy", "craig", 0.1, seed=0)
+    assert sel2.id != sel.id and sel2.proxy_version == 2 and not sel2.cached
+
+
+def test_bad_uploads_are_rejected_and_the_daemon_keeps_serving(client: StorageClient, daemon) -> None:  # type: ignore[no-untyped-def]
+    good = toy_proxy(5)
+    client.push_proxy(good, "other")
+    IA = grpc.StatusCode.INVALID_ARGUMENT
+    garbage = np.random.default_rng(0).bytes(300_000)
+    cases = [
+        (IA, "not a nessa.v1.Proxy", chunks("other", garbage, size=64 << 10)),
+        (IA, "checksum mismatch", chunks("other", good, size=4096, sha="0" * 64)),
+        (IA, "cut short", chunks("other", good, total=len(good) + 10)),
+        (IA, "carries no sha256", chunks("other", good, sha="")),
+        (IA, "empty proxy upload", iter([])),
+        (IA, "names dataset", [pb.ProxyChunk(dataset="other", data=good[:10]), pb.ProxyChunk(dataset="toy")]),
+        (IA, "predicts 4 classes", chunks("other", toy_proxy(6, num_classes=4))),
+        (IA, "does not fit the dataset", chunks("other", toy_proxy(6, in_features=33))),
+        (IA, "does not fit the dataset", chunks("images", good)),
+        (grpc.StatusCode.NOT_FOUND, "no dataset named", chunks("nope", good)),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "over this daemon's limit", chunks("other", good, total=1 << 40)),
+    ]
+    # A proxy whose bytes were altered after export (valid sha of the altered bytes): its own checksum fails.
+    tampered = bytearray(good)
+    tampered[len(tampered) // 2] ^= 0xFF
+    cases.append((IA, "checksum", chunks("other", bytes(tampered))))
+    for code, text, msgs in cases:
+        got, details = push_code(daemon, msgs)
+        assert got == code, (text, details)
+        assert text in details, (text, details)
+    # Still serving, and still holding the last good proxy.
+    assert client.describe("other").proxy_version == 5
+    assert client.select("other", "craig", 0.2).proxy_version == 5
+    # Through the client: the daemon's status comes back as the domain error.
+    with pytest.raises(InvalidArgumentError, match="checksum mismatch"):
+        client.push_proxy(bytes(tampered), "other")
+
+
+def test_a_50mb_proxy_crosses_in_chunks(client: StorageClient) -> None:
+    big = toy_proxy(7, hidden=(1_000_000,))
+    assert len(big) > 50_000_000
+    ack = client.push_proxy(big, "other")
+    assert ack.size == len(big) and ack.version == 7
+    assert ack.sha256 == hashlib.sha256(big).hexdigest()
+
+
+def test_cancelled_selection_stops_the_work(root: Path) -> None:
+    with running(root, proxy_batch_size=64, warmup=False, engine="numpy") as d:
+        client = StorageClient(d.address)
+        client.push_proxy(toy_proxy(1, hidden=(2048, 2048)), "toy")  # seconds of forward work on 6000 samples
+
+        def value(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        cancelled = value("nessa_rpc_cancelled_total", rpc="Select")
+        made = value("nessa_selections_total", dataset="toy", method="craig", cached="false")
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            client.select("toy", "craig", 0.1, seed=42, timeout=0.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        while value("nessa_rpc_cancelled_total", rpc="Select") == cancelled:
+            assert time.monotonic() - start < 10, "the daemon did not stop the cancelled selection"
+            time.sleep(0.02)
+        assert value("nessa_active_selections") == 0
+        assert value("nessa_selections_total", dataset="toy", method="craig", cached="false") == made
+
+
+def test_proxy_survives_a_restart(root: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with running(root, state_dir=state, warmup=False) as d:
+        StorageClient(d.address).push_proxy(toy_proxy(9), "other")
+    with running(root, state_dir=state, warmup=False) as d:
+        assert StorageClient(d.address).describe("other").proxy_version == 9

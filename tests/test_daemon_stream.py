@@ -1,0 +1,88 @@
+"""Streaming limits: a 20 MB sample crosses a 4 MiB client limit; cancelled streams free their server threads."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+from daemon_helpers import make_toy, running
+from prometheus_client import REGISTRY
+
+from nessa.client import StorageClient
+from nessa.errors import ResourceExhaustedError
+from nessa.store import ingest_arrays
+
+BIG = 5_000_000  # float32 elements: 20 MB per sample
+
+
+def active_streams() -> float:
+    return REGISTRY.get_sample_value("nessa_active_streams") or 0.0
+
+
+def test_a_20mb_sample_crosses_the_default_message_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(0).random((3, BIG), dtype=np.float32)
+    x[1, :10] = 0  # a distinct middle sample
+    ingest_arrays(x, np.array([0, 1, 0]), tmp_path / "big")
+    with running(tmp_path, warmup=False) as d:
+        client = StorageClient(d.address)  # default receive limit: 4 MiB
+        assert client.max_message_bytes == 4 << 20
+        got = list(client.stream([2, 1, 0, 1], dataset="big", batch_size=8))
+        assert [b.indices.tolist() for b in got] == [[2], [1], [0], [1]]
+        for b, i in zip(got, [2, 1, 0, 1], strict=True):
+            assert b.samples[0] == x[i].tobytes()
+            assert b.payload_bytes == x[i].nbytes == 20_000_000
+        # It came in pieces of at most 1 MiB: the cursor resumes after whole samples only.
+        rest = list(client.stream([2, 1, 0, 1], dataset="big", cursor=got[1].cursor))
+        assert [b.indices.tolist() for b in rest] == [[0], [1]]
+        sel = client.select("big", "random", count=2, seed=0)
+        assert sorted(i for b in client.stream(sel) for i in b.indices.tolist()) == sorted(sel.indices.tolist())
+
+
+def test_cancelling_streams_frees_their_threads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    make_toy(tmp_path)
+    with running(tmp_path, warmup=False, max_workers=2) as d:
+        client = StorageClient(d.address)
+        sel = client.select("toy", "random", 1.0)
+        base = active_streams()
+        for _ in range(4):  # more streams than the daemon has threads, each cancelled after one batch
+            it = client.stream(sel, batch_size=1)
+            next(it)
+            assert active_streams() >= base + 1
+            it.close()  # cancels the call
+            deadline = time.monotonic() + 5
+            while active_streams() > base and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert active_streams() == base
+        # Both threads are free again: two streams run at once, a third call is refused (not queued forever).
+        a, b = client.stream(sel, batch_size=1), client.stream(sel, batch_size=1)
+        next(a), next(b)
+        with pytest.raises(ResourceExhaustedError) as info:
+            client.describe("toy")
+        assert info.value.__cause__.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
+        a.close(), b.close()
+        deadline = time.monotonic() + 5
+        while active_streams() > base and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.describe("toy").num_samples == 6000
+
+
+def test_hand_encoded_batches_parse_as_the_message_with_its_size() -> None:
+    from nessa.services.storage.servicer import encode_sample_batch
+
+    from nessa.v1 import storage_pb2 as pb
+
+    rng = np.random.default_rng(0)
+    for samples in ([], [b""], [b"x" * 127, b"y" * 128, b"z" * 300], [rng.bytes(70_000), rng.bytes(3)]):
+        n = len(samples)
+        meta = pb.SampleBatch(
+            indices=list(range(n)), labels=[1] * n, weights=[0.5] * n, cursor="0123456789abcdef.7",
+            position=7, total=9, piece_offset=0, sample_size=0,
+        )  # fmt: skip
+        data = encode_sample_batch(meta, samples)
+        full = pb.SampleBatch()
+        full.CopyFrom(meta)
+        full.samples.extend(samples)
+        assert pb.SampleBatch.FromString(data) == full
+        assert len(data) == full.ByteSize()

@@ -1,0 +1,273 @@
+"""``nessa demo``: from nothing to a side-by-side comparison of full data, random and NeSSA selection.
+
+:func:`run_demo` generates MNIST-1D with the ``mnist1d`` package, ingests it into a temporary data directory
+(train → ``mnist1d``, test → ``mnist1d-test``), starts a storage daemon as a subprocess (``nessa serve`` on a free
+loopback port, as it would run on a storage node), trains the 1-D CNN once per method with the same epochs, seed
+and schedule, and writes ``report.json`` and ``report.png`` (accuracy against wall time and against bytes moved)
+into the output directory. The table it prints is :func:`nessa.trainer.report.format_table`.
+
+Timing note: the daemon and the trainer share this machine's cores, as they would not in a deployment where the
+daemon runs next to the storage; the selection work the daemon does competes with training for the CPU here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nessa.trainer.loop import TrainConfig, train
+from nessa.trainer.report import RunResult, build_report, format_table, plot_report, write_report
+
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
+
+__all__ = ["DEFAULT_METHODS", "QUICK", "DemoConfig", "print_report", "run_demo", "start_daemon"]
+
+#: Methods the demo compares by default.
+DEFAULT_METHODS = ("full", "random", "craig", "crest")
+DATASET = "mnist1d"
+TEST_DATASET = "mnist1d-test"
+_LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+
+
+@dataclass
+class DemoConfig:
+    """What ``nessa demo`` runs.
+
+    Attributes:
+        out: output directory for ``report.json`` and ``report.png``.
+        num_samples: MNIST-1D samples generated, train and test together (a fifth goes to the test set).
+        methods: methods to compare (``full`` plus selectors of the library).
+        fraction: budget of the selection methods.
+        epochs: epochs of every run.
+        batch_size: samples per step.
+        lr: peak learning rate.
+        warmup_epochs: linear warm-up.
+        seed: seed of data generation, initialisation, selection and order.
+        device: torch device (``auto``, ``cpu``, ``cuda``).
+        engine: the daemon's proxy engine (``opencl``: the near-storage path on PoCL; ``torch``).
+        pipeline: pipeline selections behind training.
+        reselect_every: selection methods other than CREST select every this many epochs (1: every epoch).
+        data_dir: use (and keep) this data directory instead of a temporary one; datasets already there are reused.
+        progress: show progress bars.
+        method_options: per-method selector options.
+        torch_threads: torch intra-op threads of the trainer (0: torch's default). Default 1: the daemon runs on
+            the same cores, and OpenMP oversubscription slows the small CNN by an order of magnitude.
+    """
+
+    out: Path = Path("nessa-demo-out")
+    num_samples: int = 50_000
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    fraction: float = 0.1
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    engine: str = "opencl"
+    pipeline: bool = True
+    reselect_every: int = 1
+    data_dir: Path | None = None
+    progress: bool = True
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.num_samples < 100:
+            raise InvalidArgumentError(f"--num-samples must be >= 100; got {self.num_samples}")
+        if not self.methods:
+            raise InvalidArgumentError("--methods is empty; give e.g. full,random,craig,crest")
+        if len(set(self.methods)) != len(self.methods):
+            raise InvalidArgumentError(f"--methods repeats a method: {','.join(self.methods)}")
+
+
+#: ``--quick``: a smaller set and fewer epochs (under 3 minutes on 2 CPU cores).
+QUICK = {"num_samples": 10_000, "epochs": 4}
+
+
+@contextmanager
+def start_daemon(
+    data_dir: Path, engine: str = "opencl", timeout: float = 180.0, log_path: Path | None = None
+) -> Iterator[str]:
+    """Run ``nessa serve`` over ``data_dir`` on a free loopback port; yields ``host:port`` once it is SERVING.
+
+    The daemon is stopped with SIGTERM (then killed after a grace period) when the context exits.
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "nessa.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--engine",
+        engine,
+        "--grace",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    log_file = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file)
+    try:
+        address = _read_address(proc, timeout)
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if proc.poll() is not None:
+                    raise FailedPreconditionError(f"the storage daemon exited with status {proc.returncode}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5.0).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise FailedPreconditionError(f"the storage daemon at {address} was not SERVING after {timeout} s")
+                time.sleep(0.1)
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if log_path is not None and hasattr(log_file, "close"):
+            log_file.close()
+
+
+def _read_address(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The ``host:port`` from the daemon's first stdout line ("nessa serve: listening on HOST:PORT ...")."""
+    found: list[str] = []
+
+    def reader() -> None:
+        if proc.stdout is None:
+            return
+        for raw in proc.stdout:
+            m = _LISTEN_RE.search(raw.decode("utf-8", "replace"))
+            if m:
+                found.append(f"{m.group(1)}:{m.group(2)}")
+                break
+        # keep draining so the daemon never blocks on a full pipe
+        for _ in proc.stdout:
+            pass
+
+    thread = threading.Thread(target=reader, name="nessa-demo-daemon-stdout", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not found:
+        if proc.poll() is not None:
+            raise FailedPreconditionError(
+                f"the storage daemon exited with status {proc.returncode} before listening; run `nessa serve` by hand "
+                "to see why"
+            )
+        if time.monotonic() > deadline:
+            raise FailedPreconditionError(f"the storage daemon did not report its port within {timeout} s")
+        time.sleep(0.05)
+    return found[0]
+
+
+def _prepare_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -> None:
+    from nessa.store import ingest
+
+    if (data_dir / DATASET / "manifest.json").is_file() and (data_dir / TEST_DATASET / "manifest.json").is_file():
+        say(f"using the datasets already in {data_dir}")
+        return
+    t0 = time.perf_counter()
+    ingest("mnist1d", data_dir / DATASET, num_samples=cfg.num_samples, seed=cfg.seed, test_fraction=0.2)
+    seconds = time.perf_counter() - t0
+    say(f"generated and ingested MNIST-1D ({cfg.num_samples} samples) into {data_dir} in {seconds:.1f} s")
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the demo end to end; returns the report (also written to ``cfg.out``)."""
+    echo = say or (lambda s: print(s, file=sys.stderr, flush=True))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    tmp: str | None = None
+    if cfg.data_dir is None:
+        tmp = tempfile.mkdtemp(prefix="nessa-demo-")
+        data_dir = Path(tmp)
+    else:
+        data_dir = Path(cfg.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: list[RunResult] = []
+    try:
+        _prepare_data(cfg, data_dir, echo)
+        with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log") as address:
+            echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine})")
+            for method in cfg.methods:
+                run_cfg = TrainConfig(
+                    target=address,
+                    dataset=DATASET,
+                    test_dataset=TEST_DATASET,
+                    model="cnn1d",
+                    method=method,
+                    fraction=cfg.fraction,
+                    epochs=cfg.epochs,
+                    batch_size=cfg.batch_size,
+                    lr=cfg.lr,
+                    warmup_epochs=cfg.warmup_epochs,
+                    seed=cfg.seed,
+                    device=cfg.device,
+                    pipeline=cfg.pipeline,
+                    reselect_every=cfg.reselect_every,
+                    options=dict(cfg.method_options.get(method, {})),
+                    progress=cfg.progress,
+                    torch_threads=cfg.torch_threads,
+                    progress_desc=method if method == "full" else f"{method} {cfg.fraction * 100:g}%",
+                )
+                results.append(train(run_cfg, echo=echo if not cfg.progress else (lambda _s: None)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    config = {
+        "dataset": "MNIST-1D (mnist1d package)",
+        "num_samples": cfg.num_samples,
+        "train_samples": cfg.num_samples - round(cfg.num_samples * 0.2),
+        "test_samples": round(cfg.num_samples * 0.2),
+        "model": "cnn1d",
+        **{k: v for k, v in asdict(cfg).items() if k not in ("out", "data_dir", "progress", "num_samples")},
+        "methods": list(cfg.methods),
+        "device": results[0].device if results else cfg.device,
+        "cpu_count": os.cpu_count(),
+        "total_seconds": time.perf_counter() - started,
+        "timing_note": "daemon and trainer share this machine's CPU cores; wall seconds exclude test-set evaluation",
+    }
+    report = build_report(results, config=config)
+    write_report(report, cfg.out)
+    plot_report(report, cfg.out / "report.png")
+    return report
+
+
+def print_report(report: dict[str, Any], out: Path) -> None:
+    """Print the demo's table and where its files are."""
+    print(format_table(report))
+    print(f"\nreport: {out / 'report.json'}\nfigure: {out / 'report.png'}")
