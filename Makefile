@@ -14,14 +14,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## make test: the default (fast) test suite
 test: $(STAMP)
+	scripts/system-deps.sh $(PY) test
 	$(PY) -m pytest -q
 
 ## make test-all: including the tests marked slow
 test-all: $(STAMP)
+	scripts/system-deps.sh $(PY) test
 	$(PY) -m pytest -q -m 'not fpga'
 
 ## make demo: the main job on the embedded default (MNIST-1D)
 demo: $(STAMP)
+	scripts/system-deps.sh $(PY) demo
 	$(VENV)/bin/nessa demo
 
 ## make lint: ruff, formatting, mypy and a check that the generated protobuf code is fresh

@@ -63,6 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every_steps=args.checkpoint_every_steps,
         metrics_port=args.metrics_port,
+        metrics_linger=args.metrics_linger,
         options=dict(args.option or []),
         engine=args.engine,
         quantize=None if args.fp32_proxy else "int8",
@@ -123,6 +124,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--checkpoint-every-steps", type=int, default=0, help="also checkpoint every N steps inside an epoch"
     )
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=0.0,
+        help="after the last epoch, serve /metrics this many seconds more so Prometheus scrapes the end (0)",
+    )
     p.add_argument("--engine", default="", help="the daemon's proxy engine: opencl or torch (default: the daemon's)")
     p.add_argument("--fp32-proxy", action="store_true", help="send float32 proxy weights instead of int8")
     p.add_argument("--token", default=None, help="bearer token (default: $NESSA_TOKEN)")

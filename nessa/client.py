@@ -424,8 +424,6 @@ class StorageClient:
                     chunk.version = version
             if off == last:
                 chunk.sha256 = digest
-            with self._lock:
-                self.bytes_sent["proxy"] += len(chunk.data)
             yield chunk
 
     def push_proxy(self, proxy: Any, dataset: str, *, timeout: float | None = None) -> ProxyAck:
@@ -456,6 +454,8 @@ class StorageClient:
             )
         )
         self._count("metadata", reply.ByteSize())
+        with self._lock:  # counted once accepted: an attempt retried after UNAVAILABLE is not counted twice
+            self.bytes_sent["proxy"] += len(data)
         return ProxyAck(
             dataset=reply.dataset,
             version=int(reply.version),

@@ -47,6 +47,7 @@ __all__ = [
     "TRAINER_EPOCH_DURATION",
     "TRAINER_LOSS",
     "TRAINER_SAMPLES",
+    "TRAINER_SUBSET_SIZE",
     "start_metrics_server",
 ]
 
@@ -167,6 +168,11 @@ TRAINER_ACCURACY = Gauge(
     ["split"],
 )
 TRAINER_EPOCH = Gauge("nessa_trainer_epoch", "The epoch the trainer is in (0-based).")
+TRAINER_SUBSET_SIZE = Gauge(
+    "nessa_trainer_subset_size_samples",
+    "Samples the trainer trained on in its latest epoch (the subset's size; the dataset's for full data).",
+    ["dataset"],
+)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> WSGIServer:

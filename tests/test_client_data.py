@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -113,3 +116,21 @@ def test_sampler_weights_and_ranks(served) -> None:  # type: ignore[no-untyped-d
     i = int(sel.indices[3])
     assert s.weight(i) == sel.weights[3]
     assert np.allclose(s.weight_tensor(sel.indices[:5]).numpy(), sel.weights[:5])
+
+
+def test_fork_workers_open_their_own_channels(served) -> None:  # type: ignore[no-untyped-def]
+    # A fresh process that never used gRPC builds the dataset and a DataLoader with *fork* workers (Linux's default):
+    # nothing was opened before the fork, each worker opens its own channel, every sample arrives once.
+    d, sel, _ = served
+    script = textwrap.dedent(f"""
+        from torch.utils.data import DataLoader
+        from nessa.data import SelectionDataset
+        ds = SelectionDataset({d.address!r}, {sel.id!r}, dataset="toy", batch_size={BATCH}, seed=2)
+        loader = DataLoader(ds, batch_size={BATCH}, num_workers=2, multiprocessing_context="fork")
+        got = [i for b in loader for i in b["index"].tolist()]
+        assert ds._client is None, "the parent process opened a channel"
+        print(",".join(map(str, sorted(got))))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == ",".join(map(str, sorted(sel.indices.tolist())))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from daemon_helpers import TOY_CLASSES, TOY_DIM, TOY_N, health_status, make_toy, running
+from daemon_helpers import TOY_CLASSES, TOY_DIM, TOY_N, config, health_status, make_toy, running
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nessa.services.storage.server import StorageDaemon
 
 from nessa.client import StorageClient
 from nessa.errors import DataCorruptionError, InvalidArgumentError, NotFoundError, OutOfRangeError
@@ -285,3 +287,68 @@ def test_damaged_shard_is_data_loss_and_the_daemon_keeps_serving(data, daemon, c
     assert info.value.__cause__.code() == grpc.StatusCode.DATA_LOSS  # type: ignore[union-attr]
     assert len(list(client.stream([1], dataset="fragile"))) == 1  # the intact shard still serves
     assert client.describe("toy").num_samples == TOY_N
+
+
+def test_health_is_not_serving_until_warm(data) -> None:  # type: ignore[no-untyped-def]
+    root, _, _ = data
+    daemon = StorageDaemon(config(root, engine="numpy"))
+    gate = threading.Event()
+    build = daemon.engines.warmup
+
+    def slow_warmup() -> None:  # the real warm-up, held back until the test has looked at health
+        assert gate.wait(30)
+        build()
+
+    daemon.engines.warmup = slow_warmup  # type: ignore[method-assign]
+    daemon.start(wait_ready=False)
+    try:
+        NOT_SERVING, SERVING = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
+        assert health_status(daemon.address) == NOT_SERVING
+        assert health_status(daemon.address, "nessa.v1.Storage") == NOT_SERVING
+        assert not daemon.ready.is_set()
+        gate.set()
+        assert daemon.ready.wait(30)
+        assert health_status(daemon.address) == SERVING
+        assert health_status(daemon.address, "nessa.v1.Storage") == SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            health_status(daemon.address, "no.such.Service")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        gate.set()
+        daemon.stop(grace=0, drain=0)
+
+
+def test_old_selections_are_evicted_within_bounds(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, _, _ = data
+    with running(root, warmup=False, state_dir=tmp_path, max_saved_selections=2, selection_cache_bytes=1) as d:
+        c = StorageClient(d.address, timeout=10)
+        sels = [c.select("toy", "random", count=50, seed=s) for s in range(3)]
+        store = d.selections.store
+        assert len(store._cache) == 1 and store.held_bytes == store.get(sels[2].id).nbytes  # memory bound
+        assert sorted(p.stem for p in (tmp_path / "selections").glob("sel-*.npz")) == sorted(s.id for s in sels[1:])
+        with pytest.raises(NotFoundError, match="older than the 2 kept"):
+            list(c.stream(sels[0]))
+        for sel in sels[1:]:  # evicted from memory, reloaded from disk
+            assert [i for b in c.stream(sel) for i in b.indices.tolist()] == sel.indices.tolist()
+        again = c.select("toy", "random", count=50, seed=0)  # recomputed, same id (a pure function of the request)
+        assert not again.cached and again.id == sels[0].id and again.indices.tolist() == sels[0].indices.tolist()
+
+
+def test_datasets_linked_from_outside_are_not_served(tmp_path: Path) -> None:
+    root, outside = tmp_path / "served", tmp_path / "outside"
+    root.mkdir()
+    make_toy(root, name="real", n=100, shards=1)
+    make_toy(outside, name="secret", n=100, shards=1)
+    (root / "linked").symlink_to(outside / "secret", target_is_directory=True)
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)  # a link inside the directory is fine
+    with running(root, warmup=False) as d:
+        c = StorageClient(d.address, timeout=10)
+        assert [i.name for i in c.datasets()] == ["alias", "real"]
+        with pytest.raises(NotFoundError, match="links outside") as info:
+            c.describe("linked")
+        assert str(outside) not in str(info.value)  # the message does not reveal where the link points
+        with pytest.raises(NotFoundError):
+            list(c.stream([0], dataset="linked"))
+        for name in ("../outside/secret", str(outside / "secret"), "real/../../outside/secret", "a..b"):
+            with pytest.raises(InvalidArgumentError, match="never a path"):
+                c.describe(name)

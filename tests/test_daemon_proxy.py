@@ -15,7 +15,7 @@ from nessa.trainer.models import mlp
 from prometheus_client import REGISTRY
 
 from nessa.client import StorageClient
-from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from nessa.proxy import dumps, export
 from nessa.store import ingest_arrays
 from nessa.v1 import storage_pb2 as pb
@@ -33,6 +33,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("proxy-data")
     make_toy(root)
     make_toy(root, name="other", n=500, shards=1)
+    make_toy(root, name="other.v2", n=200, shards=1)  # a dotted name: its saved proxy must not clobber "other"'s
     u8 = np.random.default_rng(2).integers(0, 255, size=(40, 3, 8, 8), dtype=np.uint8)
     ingest_arrays(u8, np.arange(40) % 4, root / "images")
     return root
@@ -133,30 +134,60 @@ def test_a_50mb_proxy_crosses_in_chunks(client: StorageClient) -> None:
     assert ack.sha256 == hashlib.sha256(big).hexdigest()
 
 
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _wait_for(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_cancelled_selection_stops_the_work(root: Path) -> None:
-    with running(root, proxy_batch_size=64, warmup=False, engine="numpy") as d:
+    with running(root, proxy_batch_size=64, warmup=False, engine="numpy", max_concurrent_selections=1) as d:
         client = StorageClient(d.address)
         client.push_proxy(toy_proxy(1, hidden=(2048, 2048)), "toy")  # seconds of forward work on 6000 samples
+        made = _value("nessa_selections_total", dataset="toy", method="craig", cached="false")
+        # A finished forward pass is observed in this histogram; a stopped one is not.
+        forwards = _value("nessa_proxy_forward_duration_seconds_count", engine="numpy")
 
-        def value(name: str, **labels: str) -> float:
-            return REGISTRY.get_sample_value(name, labels) or 0.0
-
-        cancelled = value("nessa_rpc_cancelled_total", rpc="Select")
-        made = value("nessa_selections_total", dataset="toy", method="craig", cached="false")
-        start = time.monotonic()
+        # 1. The deadline passes during the proxy forward pass.
+        cancelled = _value("nessa_rpc_cancelled_total", rpc="Select")
         with pytest.raises(grpc.RpcError) as info:
             client.select("toy", "craig", 0.1, seed=42, timeout=0.5)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        while value("nessa_rpc_cancelled_total", rpc="Select") == cancelled:
-            assert time.monotonic() - start < 10, "the daemon did not stop the cancelled selection"
-            time.sleep(0.02)
-        assert value("nessa_active_selections") == 0
-        assert value("nessa_selections_total", dataset="toy", method="craig", cached="false") == made
+        _wait_for(lambda: _value("nessa_rpc_cancelled_total", rpc="Select") > cancelled,
+                  "the daemon did not stop the selection whose deadline passed")  # fmt: skip
+        _wait_for(lambda: _value("nessa_active_selections") == 0, "the selection slot was not released")
+
+        # 2. The client cancels; meanwhile the one selection slot is taken, so another Select is refused.
+        cancelled = _value("nessa_rpc_cancelled_total", rpc="Select")
+        future = client.stub.Select.future(
+            pb.SelectRequest(dataset="toy", method="craig", fraction=0.1, seed=43), timeout=120
+        )
+        _wait_for(lambda: _value("nessa_active_selections") == 1, "the selection did not start")
+        with pytest.raises(ResourceExhaustedError, match="already running"):
+            client.select("toy", "random", 0.1, seed=1)
+        future.cancel()
+        _wait_for(lambda: _value("nessa_rpc_cancelled_total", rpc="Select") > cancelled,
+                  "the daemon did not stop the selection its client cancelled")  # fmt: skip
+        _wait_for(lambda: _value("nessa_active_selections") == 0, "the selection slot was not released")
+
+        # Neither forward pass ran to its end, nothing was kept, and the slot and threads serve again.
+        assert _value("nessa_proxy_forward_duration_seconds_count", engine="numpy") == forwards
+        assert _value("nessa_selections_total", dataset="toy", method="craig", cached="false") == made
+        assert len(client.select("toy", "random", 0.1, seed=1)) == TOY_N // 10
 
 
 def test_proxy_survives_a_restart(root: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with running(root, state_dir=state, warmup=False) as d:
         StorageClient(d.address).push_proxy(toy_proxy(9), "other")
+        StorageClient(d.address).push_proxy(toy_proxy(3), "other.v2")
     with running(root, state_dir=state, warmup=False) as d:
-        assert StorageClient(d.address).describe("other").proxy_version == 9
+        client = StorageClient(d.address)
+        assert client.describe("other").proxy_version == 9
+        assert client.describe("other.v2").proxy_version == 3
+        assert client.select("other.v2", "craig", 0.5).proxy_version == 3

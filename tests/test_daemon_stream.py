@@ -86,3 +86,20 @@ def test_hand_encoded_batches_parse_as_the_message_with_its_size() -> None:
         full.samples.extend(samples)
         assert pb.SampleBatch.FromString(data) == full
         assert len(data) == full.ByteSize()
+
+
+def test_a_stream_past_its_deadline_is_stopped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    make_toy(tmp_path)
+    with running(tmp_path, warmup=False, max_workers=2) as d:
+        client = StorageClient(d.address)
+        sel = client.select("toy", "random", 1.0)
+        base = active_streams()
+        it = client.stream(sel, batch_size=1, timeout=1.0)  # 6000 messages; the client reads one, then stalls
+        next(it)
+        deadline = time.monotonic() + 10
+        while active_streams() > base and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert active_streams() == base, "the daemon kept streaming after the deadline"
+        with pytest.raises(grpc.RpcError) as info:
+            list(it)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # not retried: a deadline is the caller's

@@ -502,15 +502,6 @@ def prom_query(base: str, path: str, **params: str) -> Any:
     return body["data"]
 
 
-def scrape_total(text: str, sample: str) -> float:
-    """Sum of every sample named ``sample`` in a /metrics text."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(sample + "{") or line.startswith(sample + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 class Localizer:
     """Turns a compose service's command into the same command on this machine: loopback, free ports, temp dirs."""
 
@@ -598,3 +589,214 @@ def wait_for(what: str, check: Any, timeout: float, procs: Processes, name: str,
             return result
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{procs.log(name)}")
+
+
+def seconds(duration: str) -> float:
+    """A compose duration such as ``5s``, ``2m`` or ``1m30s`` in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a compose duration: {duration!r}"
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def finite_points(result: list[dict[str, Any]]) -> int:
+    """How many finite values a Prometheus range-query result holds."""
+    return sum(1 for series in result for _, v in series["values"] if v not in ("NaN", "+Inf", "-Inf"))
+
+
+# The compose knobs the local run turns down so it fits a CI runner: a small dataset, a few short epochs.
+SMALL = {
+    "NESSA_INGEST_ARGS": "--num-samples 20000 --quiet",
+    "NESSA_EPOCHS": "6",
+    "NESSA_FRACTION": "0.2",
+    "NESSA_TOKEN": "local-stack-token",
+    "NESSA_METRICS_LINGER": "6",
+}
+
+
+def test_compose_stack_as_local_processes(tmp_path: Path) -> None:
+    """The compose services' own commands on loopback; a real Prometheus scrapes them with the repo's config."""
+    prometheus_bin = shutil.which("prometheus")
+    if prometheus_bin is None:
+        pytest.fail("prometheus not found: install Debian's prometheus package (.ci/run does this in CI)")
+    services = compose(SMALL)["services"]
+    storage, trainer, prom = services["storage"], services["trainer"], services["prometheus"]
+    grpc_port, storage_metrics, trainer_metrics, prom_port = (free_port() for _ in range(4))
+    c_grpc, c_storage_metrics = flag(storage["command"], "--port"), flag(storage["command"], "--metrics-port")
+    c_trainer_metrics = flag(trainer["command"], "--metrics-port")
+
+    # The repository's prometheus.yml with the compose host names (and container ports) swapped for loopback.
+    config_text = PROMETHEUS_YML.read_text()
+    for compose_target, local in (
+        (f"storage:{c_storage_metrics}", f"127.0.0.1:{storage_metrics}"),
+        (f"trainer:{c_trainer_metrics}", f"127.0.0.1:{trainer_metrics}"),
+    ):
+        assert compose_target in config_text, f"prometheus.yml does not scrape {compose_target}"
+        config_text = config_text.replace(compose_target, local)
+    etc = tmp_path / "etc-prometheus"
+    etc.mkdir()
+    (etc / "prometheus.yml").write_text(config_text)
+    out = subprocess.run([promtool(), "check", "config", str(etc / "prometheus.yml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    dirs = {name: tmp_path / name for name in ("data", "checkpoints", "prometheus", "logs")}
+    for d in dirs.values():
+        d.mkdir()
+    bindir = str(Path(sys.executable).parent)
+    nessa_bin = shutil.which("nessa", path=bindir) or shutil.which("nessa")
+    assert nessa_bin is not None, "the nessa console script is not installed next to this Python"
+    local = Localizer(
+        paths={
+            "/data": dirs["data"],
+            "/checkpoints": dirs["checkpoints"],
+            "/prometheus": dirs["prometheus"],
+            "/etc/prometheus": etc,
+        },
+        words={
+            "0.0.0.0": "127.0.0.1",
+            c_grpc: str(grpc_port),
+            c_storage_metrics: str(storage_metrics),
+            c_trainer_metrics: str(trainer_metrics),
+            f"storage:{c_grpc}": f"127.0.0.1:{grpc_port}",
+            f"127.0.0.1:{c_grpc}": f"127.0.0.1:{grpc_port}",
+            "0.0.0.0:9090": f"127.0.0.1:{prom_port}",
+        },
+        executables={"nessa": nessa_bin, "python": sys.executable, "prometheus": prometheus_bin},
+    )
+
+    def env_of(service: dict[str, Any]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("NESSA_TOKEN", None)
+        env.update({k: str(v) for k, v in (service.get("environment") or {}).items()})
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        return env
+
+    procs = Processes(dirs["logs"])
+    try:
+        # ingest: prepares the dataset; run again, it finds it and does nothing (the compose service is idempotent).
+        ingest = services["ingest"]
+        for attempt in ("first", "second"):
+            proc = procs.start(f"ingest-{attempt}", local.argv(ingest["command"]), env_of(ingest))
+            _wait_or_kill(proc, timeout=300)
+            assert proc.returncode == 0, procs.log(f"ingest-{attempt}")
+        assert "nothing to do" in procs.log("ingest-second")
+        dataset, test_dataset = flag(trainer["command"], "--dataset"), flag(trainer["command"], "--test-dataset")
+        for name in (dataset, test_dataset):
+            assert (dirs["data"] / name / "manifest.json").is_file(), f"ingest did not write the dataset {name}"
+
+        # storage, with the compose healthcheck as its readiness probe (exit 1 before SERVING, 0 after).
+        check = storage["healthcheck"]
+        assert check["test"][0] == "CMD"
+        probe = local.argv(check["test"][1:])
+        assert subprocess.run(probe, capture_output=True, env=env_of(storage)).returncode == 1, "probe passes early"
+        procs.start("storage", local.argv(storage["command"]), env_of(storage))
+        budget = seconds(check["start_period"]) + check["retries"] * seconds(check["interval"])
+        wait_for(
+            "the storage healthcheck",
+            lambda: subprocess.run(probe, capture_output=True, env=env_of(storage)).returncode == 0,
+            budget,
+            procs,
+            "storage",
+            interval=seconds(check["interval"]) / 5,
+        )
+
+        procs.start("prometheus", local.argv(["prometheus", *prom["command"]]), env_of(prom))
+        base = f"http://127.0.0.1:{prom_port}"
+        wait_for("Prometheus ready", lambda: _ok(f"{base}/-/ready"), 60, procs, "prometheus")
+
+        # trainer (after storage is healthy, as depends_on says), sending the same token the daemon requires.
+        assert env_of(trainer)["NESSA_TOKEN"] == env_of(storage)["NESSA_TOKEN"] == SMALL["NESSA_TOKEN"]
+        started = time.time()
+        train = procs.start("trainer", local.argv(trainer["command"]), env_of(trainer))
+        trainer_url = f"http://127.0.0.1:{trainer_metrics}/metrics"
+        trainer_scrape = ""
+        deadline = time.monotonic() + 480
+        while train.poll() is None and time.monotonic() < deadline:
+            try:
+                body = http_get(trainer_url, timeout=2)
+            except OSError:
+                body = ""
+            if "nessa_trainer_epoch_duration_seconds_count" in body:
+                trainer_scrape = body
+            time.sleep(0.2)
+        if train.poll() is None:
+            pytest.fail(f"the trainer did not finish in time:\n{procs.log('trainer')}")
+        assert train.returncode == 0, procs.log("trainer")
+        assert trainer_scrape, f"the trainer never served its metrics on {trainer_url}:\n{procs.log('trainer')}"
+        report_path = Path(local.token(flag(trainer["command"], "--report")))
+        report = json.loads(report_path.read_text())
+        epochs = int(flag(trainer["command"], "--epochs"))
+        assert len(report["epochs"]) == epochs
+
+        # Both processes' scrapes pass promtool's linter.
+        storage_scrape = http_get(f"http://127.0.0.1:{storage_metrics}/metrics")
+        for name, text in (("storage", storage_scrape), ("trainer", trainer_scrape)):
+            out = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
+            assert out.returncode == 0, f"promtool check metrics on the {name} scrape:\n{out.stdout}{out.stderr}"
+
+        # Prometheus scraped both jobs.
+        up = {
+            r["metric"]["job"]: r for r in prom_query(base, "/api/v1/query", query="max_over_time(up[10m])")["result"]
+        }
+        assert set(up) == {"storage", "trainer"} and all(r["value"][1] == "1" for r in up.values()), up
+
+        # The daemon's bytes-sent counter (final value, as Prometheus scraped it) equals what the trainer received:
+        # the sample payload of every epoch (the trainer's report) plus the test set it cached once.
+        def storage_value(query: str) -> float:
+            result = prom_query(base, "/api/v1/query", query=query)["result"]
+            return float(result[0]["value"][1]) if result else -1.0
+
+        expected_train = sum(int(e["payload_bytes"]) for e in report["epochs"])
+        test_size = storage_value(f'max(nessa_dataset_size_bytes{{dataset="{test_dataset}"}})')
+        assert test_size > 0
+        sent_train_q = f'sum(nessa_bytes_sent_total{{dataset="{dataset}",kind="samples"}})'
+        wait_for(
+            "Prometheus to scrape the daemon's final bytes-sent counter",
+            lambda: storage_value(sent_train_q) == expected_train,
+            30,
+            procs,
+            "storage",
+        )
+        sent_test = storage_value(f'sum(nessa_bytes_sent_total{{dataset="{test_dataset}",kind="samples"}})')
+        assert sent_test == test_size
+        # Every kind, every dataset: what the daemon sent equals what the trainer received, as its report counts it
+        # (training, the test set, and the DescribeDataset replies of its setup), byte for byte.
+        sent_all = storage_value("sum(nessa_bytes_sent_total)")
+        report_all = report["bytes_to_trainer"] + report["eval_bytes"] + report["setup_bytes"]
+        assert report["setup_bytes"] > 0
+        assert sent_all == report_all, (sent_all, report_all)
+        # The trainer's own counter, as Prometheus scraped it while the trainer lingered after its last epoch, says
+        # the same per dataset and kind: the final epoch reached Prometheus.
+        for ds in (dataset, test_dataset):
+            for kind in ("samples", "metadata"):
+                sent = storage_value(f'sum(nessa_bytes_sent_total{{dataset="{ds}",kind="{kind}"}})')
+                received = storage_value(
+                    f'sum(max_over_time(nessa_trainer_bytes_received_total{{dataset="{ds}",kind="{kind}"}}[10m]))'
+                )
+                assert sent > 0 and received == sent, (ds, kind, sent, received)
+        # (the trainer has exited, so its series are stale now: read their last values over the run)
+        last_epoch = storage_value("max(last_over_time(nessa_trainer_epoch[10m]))")
+        assert last_epoch == epochs - 1, last_epoch
+        subset = storage_value(f'max(last_over_time(nessa_trainer_subset_size_samples{{dataset="{dataset}"}}[10m]))')
+        assert subset == report["epochs"][-1]["subset_size"], (subset, report["epochs"][-1]["subset_size"])
+
+        # Every dashboard expression returns data over the run, as Grafana's range queries ask for it.
+        end = time.time()
+        empty = []
+        for panel, target in dashboard_targets():
+            expr = substitute_grafana_variables(target["expr"])
+            data = prom_query(base, "/api/v1/query_range", query=expr, start=f"{started - 60:.3f}", end=f"{end:.3f}",
+                              step="1")  # fmt: skip
+            if finite_points(data["result"]) == 0:
+                empty.append(f"{panel['title']} [{target['refId']}]: {expr}")
+        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+    finally:
+        procs.stop()
+
+
+def _ok(url: str) -> bool:
+    try:
+        http_get(url, timeout=2)
+    except OSError:
+        return False
+    return True

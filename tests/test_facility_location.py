@@ -186,6 +186,23 @@ def test_greedi_memory_stays_far_below_n_squared() -> None:
     assert cl_res.cluster_sizes.sum() == n
 
 
+def test_partitioned_numpy_memory_is_bounded_by_the_block_size() -> None:
+    """k large enough that GreeDi's union would exceed a block ("partitioned"); the final nearest-selected pass of
+    the numpy reference must not build the n × k similarity (it would be 20,000 × 2,000 float64 = 320 MB)."""
+    n, block, k = 20_000, 1_000, 2_000
+    x = _clustered(n, 6, 9)
+    tracemalloc.start()
+    res = maximize(x, k, backend="numpy", block_size=block)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert res.stats["mode"] == "partitioned" and res.stats["max_block"] <= block
+    assert peak < 40 * block * block * 4, f"peak {peak / 2**20:.0f} MiB"  # a few dense blocks, not n × k
+    # the chunked assignment is each element's most similar pick, as one unchunked pass gives
+    pos, _ = ref.nearest_selected(x[:3000], x[res.indices], "max_minus_dist", res.stats["param"])
+    np.testing.assert_array_equal(res.assignment[:3000], pos)
+    assert res.cluster_sizes.sum() == n and len(np.unique(res.indices)) == k
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

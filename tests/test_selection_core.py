@@ -163,6 +163,11 @@ def test_registry_lists_methods_with_options() -> None:
         assert name in methods
         assert set(methods[name]) == {"options", "requires", "description"} and methods[name]["description"]
     assert methods["craig"]["requires"] == ["labels", "gradients"]
+    # "requires" is what each method needs with its default options (what create(name) would ask for)
+    for name, info in methods.items():
+        assert info["requires"] == list(create(name).required_inputs())
+    assert methods["sas"]["requires"] == ["embeddings", "groups"]
+    assert methods["random"]["requires"] == []
     assert methods["craig"]["options"]["similarity"] == "max_minus_dist"
     assert methods["adacore"]["options"]["budget_rule"] == "proportional"
     assert "features" not in methods["adacore"]["options"]
@@ -369,6 +374,72 @@ def test_bad_selection_inputs(name: str) -> None:
         sel.select(SelectionInputs(labels=labels, gradients=bad_grads), 5)
     with pytest.raises(InvalidArgumentError, match="length mismatch"):
         sel.select(SelectionInputs(labels=labels[:40], gradients=grads), 5)
+
+
+def _all_inputs(n: int = 60, num_classes: int = 3, seed: int = 10, **override: np.ndarray) -> SelectionInputs:
+    """Every input field filled in (valid for every method), with some fields replaced."""
+    rng = np.random.default_rng(seed)
+    labels, grads = _gradients(n, num_classes, seed, np.arange(n) % num_classes)
+    emb = rng.standard_normal((n, 8)).astype(np.float32)
+    fields = {
+        "labels": labels,
+        "gradients": grads,
+        "losses": rng.random(n).astype(np.float32),
+        "embeddings": emb,
+        "caption_embeddings": (emb + 0.3 * rng.standard_normal((n, 8))).astype(np.float32),
+        "groups": labels.copy(),
+    }
+    fields.update(override)
+    return SelectionInputs(**fields)
+
+
+def test_every_method_rejects_bad_budgets_and_seeds_with_a_fix_it_message() -> None:
+    inputs = _all_inputs()
+    for name in available():
+        sel = create(name)
+        s = sel.select(inputs, 0.5, seed=0)  # the fixture is valid for every method
+        _check_subset(s, 60)
+        for budget in (0, -3, 61, 0.0, -0.5, 1.2, float("nan"), float("inf"), True, "10", None):
+            with pytest.raises(ValueError, match=r"\(0, 1\]|\[1, 60\]") as info:
+                sel.select(inputs, budget, seed=0)  # type: ignore[arg-type]
+            assert isinstance(info.value, InvalidArgumentError), name
+        for seed in (-1, 1.5, "0", None):
+            with pytest.raises(InvalidArgumentError, match="seed must be an int >= 0"):
+                sel.select(inputs, 0.5, seed=seed)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="SelectionInputs"):
+            sel.select({"labels": inputs.labels}, 0.5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=rf"{name}: unknown option\(s\) \['bogus'\]; known options"):
+            create(name, bogus=1)
+
+
+@pytest.mark.parametrize("field", ["gradients", "losses", "embeddings", "caption_embeddings"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_rejected_naming_the_field(field: str, bad: float) -> None:
+    good = getattr(_all_inputs(), field).copy()
+    good.reshape(-1)[7] = bad
+    with pytest.raises(ValueError, match=rf"{field} holds 1 NaN/Inf values; fix"):
+        _all_inputs(**{field: good})
+
+
+def test_malformed_inputs_are_rejected_with_what_to_fix() -> None:
+    inputs = _all_inputs()
+    for field in ("labels", "gradients", "losses", "embeddings", "caption_embeddings", "groups"):
+        short = getattr(inputs, field)[:59]
+        mismatch = r"length mismatch: \w+ has (59|60) samples but \w+ has (59|60); give one row per sample"
+        with pytest.raises(ValueError, match=mismatch):
+            _all_inputs(**{field: short})
+    with pytest.raises(ValueError, match="labels must be integers"):
+        _all_inputs(labels=np.full(60, 0.5))
+    with pytest.raises(ValueError, match="labels must be 1-D"):
+        _all_inputs(labels=np.zeros((60, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"gradients must be 2-D \(n, dim\)"):
+        _all_inputs(gradients=np.zeros(60, dtype=np.float32))
+    with pytest.raises(ValueError, match="embeddings must be numeric"):
+        _all_inputs(embeddings=np.array([["a"] * 8] * 60))
+    with pytest.raises(ValueError, match="no candidates"):
+        create("random").select(SelectionInputs(labels=np.zeros(0, dtype=np.int64)), 1)
+    with pytest.raises(ValueError, match=r"needs inputs \['gradients'\]"):
+        create("craig").select(SelectionInputs(labels=inputs.labels), 0.5)
 
 
 # ------------------------------------------------------------------------------------------------ golden

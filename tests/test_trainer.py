@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from nessa.trainer.checkpoint import load_checkpoint
 from nessa.trainer.data import TrainBatch
 from nessa.trainer.loop import TrainConfig, Trainer, _EpochState, method_needs_proxy, train
 from nessa.trainer.pipeline import SelectionJob
+from prometheus_client import REGISTRY
 
 from nessa.client import SelectionResult, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
@@ -82,8 +84,21 @@ class RecordingTrainer(Trainer):
         super()._train_step(batch, state, steps_in_epoch)
 
 
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights(daemon: StorageDaemon) -> None:
     trainer = RecordingTrainer(_config(daemon, method="craig", fraction=0.2, epochs=3))
+    kinds = ("samples", "metadata")
+    before = {
+        "bytes": sum(
+            _metric("nessa_trainer_bytes_received_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test")
+        ),
+        "samples": _metric("nessa_trainer_samples_total", dataset="m"),
+        "epochs": _metric("nessa_trainer_epoch_duration_seconds_count"),
+        "waits": _metric("nessa_trainer_data_wait_seconds_count"),
+    }
     result = trainer.run()
     assert [e["epoch"] for e in result.epochs] == [0, 1, 2]
     n_train = trainer.info.num_samples
@@ -98,7 +113,11 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
         assert np.allclose(used, [weight_of[i] for i in trained.tolist()])
         assert rec["payload_bytes"] == rec["selected_bytes"] == sel.selected_bytes
         assert rec["payload_bytes"] <= rec["bytes_to_trainer"] <= rec["payload_bytes"] * 1.25 + 10_000
-        assert rec["subset_size"] == len(sel) == math.ceil(0.2 * n_train) or abs(len(sel) - 0.2 * n_train) <= 10
+        assert rec["subset_size"] == len(sel) == rec["samples"]
+        assert abs(len(sel) - 0.2 * n_train) <= 10
+        # data wait is measured and includes the wait for the selection
+        assert rec["data_wait_seconds"] >= rec["selection_wait_seconds"] >= 0.0
+        assert 0.0 < rec["epoch_seconds"] and rec["data_wait_seconds"] <= rec["epoch_seconds"]
         # CRAIG's weights are cluster sizes, not all ones, and the loss that trained used them
         assert not np.allclose(sel.weights, 1.0)
         assert rec["train_weighted_loss"] != pytest.approx(rec["train_loss"], rel=1e-3)
@@ -107,14 +126,36 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
     assert result.options["pushed_proxy_versions"] == [0, 1]
     assert StorageClient(daemon.address).describe("m").proxy_version == 1
     assert result.bytes_to_storage > 0 and result.final_accuracy > 0.15
+    # the test set was streamed once for the three evaluations (then cached), and is not counted as training bytes
+    test_bytes = StorageClient(daemon.address).describe("m-test").total_bytes
+    assert test_bytes <= result.eval_bytes <= test_bytes * 1.25 + 10_000
+    # the trainer's Prometheus metrics saw the same run
+    moved = (
+        sum(_metric("nessa_trainer_bytes_received_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test"))
+        - before["bytes"]
+    )
+    assert result.setup_bytes > 0
+    assert moved == result.bytes_to_trainer + result.eval_bytes + result.setup_bytes
+    assert _metric("nessa_trainer_samples_total", dataset="m") - before["samples"] == sum(
+        r["samples"] for r in result.epochs
+    )
+    assert _metric("nessa_trainer_epoch_duration_seconds_count") - before["epochs"] == 3
+    assert _metric("nessa_trainer_data_wait_seconds_count") - before["waits"] >= sum(r["steps"] for r in result.epochs)
+    assert _metric("nessa_trainer_accuracy_ratio", split="test") == pytest.approx(result.final_accuracy)
+    assert _metric("nessa_trainer_loss", split="train") == pytest.approx(result.epochs[-1]["train_loss"])
 
 
 def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) -> None:
-    trainer = RecordingTrainer(_config(daemon, method="craig", fraction=0.1, epochs=2, pipeline=False))
+    trainer = RecordingTrainer(_config(daemon, method="craig", fraction=0.1, epochs=2, pipeline=False, seed=7))
     result = trainer.run()
     assert [trainer.results[e].proxy_version for e in range(2)] == [0, 1]
     assert result.options["pushed_proxy_versions"] == [0, 1]
     assert [r["selection_proxy_version"] for r in result.epochs] == [0, 1]
+    # without pipelining the trainer waits for each selection (push + Select), and counts it as data wait
+    assert not any(s["cached"] for s in result.options["selections"])
+    for rec in result.epochs:
+        assert rec["selection_seconds"] > 0
+        assert rec["data_wait_seconds"] >= rec["selection_wait_seconds"] >= 0.9 * rec["selection_seconds"]
 
 
 def test_full_streams_every_sample_and_random_a_tenth_of_the_bytes(daemon: StorageDaemon) -> None:
@@ -126,6 +167,34 @@ def test_full_streams_every_sample_and_random_a_tenth_of_the_bytes(daemon: Stora
     assert full.bytes_to_storage == 0 and rnd.bytes_to_storage == 0  # no proxy for methods that need none
     ratio = rnd.bytes_to_trainer / full.bytes_to_trainer
     assert 0.09 <= ratio <= 0.11, ratio
+    bal = RecordingTrainer(_config(daemon, method="balanced", fraction=0.1, epochs=1))
+    bal.run()
+    labels = torch.cat([b.y for b in bal.batches[0]]).numpy()
+    counts = np.bincount(labels, minlength=info.num_classes)
+    assert counts.sum() == len(bal.results[0]) and counts.max() - counts.min() <= 1  # class-balanced, as selected
+
+
+def test_metrics_port_serves_the_trainer_metrics_while_it_trains(daemon: StorageDaemon) -> None:
+    scraped: list[str] = []
+
+    def at_epoch_end(_line: str) -> None:  # called after each epoch, while the run (and its server) is live
+        port = trainer._metrics_server.server_port
+        scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+    trainer = Trainer(_config(daemon, method="random", epochs=1, metrics_port=0), echo=at_epoch_end)
+    result = trainer.run()
+    assert len(scraped) == 1
+    body = scraped[0]
+    for name in (
+        "nessa_trainer_epoch_duration_seconds_count",
+        "nessa_trainer_data_wait_seconds_count",
+        'nessa_trainer_bytes_received_total{dataset="m",kind="samples"}',
+        'nessa_trainer_samples_total{dataset="m"}',
+        'nessa_trainer_loss{split="test"}',
+        'nessa_trainer_accuracy_ratio{split="test"}',
+    ):
+        assert name in body, name
+    assert f'nessa_trainer_accuracy_ratio{{split="test"}} {result.final_accuracy}' in body
 
 
 def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
@@ -149,11 +218,17 @@ def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
 
 
 def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
-    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.05))
+    # τ so large the quadratic model is never "wrong": the first selection is trained on (cycled) to the end
+    never = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9))
+    assert len(never.options["selections"]) == 1
+    assert [r["reselections"] for r in never.epochs] == [1, 0] and all(r["drift_checks"] >= 1 for r in never.epochs)
+    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01))
     steps = math.ceil(0.2 * 2400 / 64)
     assert [r["steps"] for r in result.epochs] == [steps, steps]
     sels = result.options["selections"]
-    assert sum(r["reselections"] for r in result.epochs) == len(sels) >= 1
+    # a small τ: the loss drifts away from the quadratic model and the trigger asks for new coresets
+    assert sum(r["reselections"] for r in result.epochs) == len(sels) >= 2
+    assert all(r["mean_rho"] is not None and r["mean_rho"] >= 0 for r in result.epochs)
     assert all(r["drift_checks"] >= 1 for r in result.epochs)
     # each selection used the proxy pushed just before it (versioned by the global step)
     assert [s["proxy_version"] for s in sels] == result.options["pushed_proxy_versions"]

@@ -27,6 +27,9 @@ between (ALGORITHMS.md B4); pipelined, the next one is requested one epoch befor
 ``batch_size`` samples, trains on them in order (fetching each when it is needed, cycling from memory if it runs
 out), and every ``T1`` steps checks CREST's quadratic loss model (:class:`~nessa.trainer.drift.DriftMonitor`)
 on a check set V_r of random training samples (drawn and streamed once per run); when ρ > τ it reselects. The
+quadratic model's gradient and curvature are taken on the selection's first mini-batch coreset (each coreset is
+a near-unbiased gradient estimate, CREST's premise), where the CREST code averages over the union of the ``P``
+coresets: the others are fetched only when trained on, so a reselection after a few steps wastes no bytes. The
 trigger decides when to select, so CREST's selections are not pipelined: their time is data wait. Its proxies
 are versioned by the global step.
 
@@ -73,6 +76,7 @@ from nessa.metrics import (
     TRAINER_EPOCH_DURATION,
     TRAINER_LOSS,
     TRAINER_SAMPLES,
+    TRAINER_SUBSET_SIZE,
 )
 from nessa.order import Partition, epoch_seed
 
@@ -163,6 +167,8 @@ class TrainConfig:
         checkpoint_dir: where to checkpoint (and resume from); ``None`` disables checkpoints.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
         metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).
+        metrics_linger: after the last epoch, keep serving ``/metrics`` this many seconds (so a Prometheus that
+            scrapes every few seconds records the final epoch) before returning.
         options: selector options (name → value).
         engine: the daemon's proxy engine (``opencl``, ``torch``; "" for the daemon's default).
         quantize: proxy weights: ``int8`` or ``None`` (float32).
@@ -202,6 +208,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int = 0
     metrics_port: int | None = None
+    metrics_linger: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
     engine: str = ""
     quantize: str | None = "int8"
@@ -348,16 +355,21 @@ class Trainer:
         self._bar: Any = None
         self._metrics_server: Any = None
         self._full_selection: SelectionResult | None = None
-        self._totals = {"eval_seconds": 0.0, "eval_bytes": 0}
+        self._totals = {"eval_seconds": 0.0, "eval_bytes": 0, "setup_bytes": 0}
         self._sent_mark = 0
         self._recv_mark = 0
+        self._metric_mark: dict[str, int] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
     def _setup(self) -> None:
         cfg = self.config
         self.info = self.client.describe(cfg.dataset)
+        self._metric_bytes(cfg.dataset)
         self.test_info = self.client.describe(cfg.test_dataset)
+        self._metric_bytes(cfg.test_dataset)
+        recv, _ = self._bytes_delta()
+        self._totals["setup_bytes"] += recv
         if self.test_info.sample_shape != self.info.sample_shape or self.test_info.dtype != self.info.dtype:
             raise InvalidArgumentError(
                 f"test dataset {cfg.test_dataset!r} has samples {self.test_info.sample_shape} {self.test_info.dtype} "
@@ -398,19 +410,27 @@ class Trainer:
         self._recv_mark, self._sent_mark = recv, sent
         return d_recv, d_sent
 
-    def _metric_bytes(self, before: dict[str, int]) -> None:
-        for kind, value in self.client.bytes_received.items():
-            delta = value - before.get(kind, 0)
+    def _metric_bytes(self, dataset: str | None = None) -> None:
+        """Add the bytes received since the last call (by kind) to ``nessa_trainer_bytes_received_total``.
+
+        Counting from a running mark (not per streaming window) includes what the selection thread receives
+        (``Select`` replies) whenever it arrives, so the counter's total equals the run's ``bytes_to_trainer``
+        plus its ``eval_bytes`` and ``setup_bytes``: everything the daemon sent this trainer, under the dataset
+        it was about (``dataset``; default the training dataset).
+        """
+        label = dataset or self.config.dataset
+        for kind, value in dict(self.client.bytes_received).items():
+            delta = value - self._metric_mark.get(kind, 0)
             if delta > 0:
-                TRAINER_BYTES_RECEIVED.labels(dataset=self.config.dataset, kind=kind).inc(delta)
+                TRAINER_BYTES_RECEIVED.labels(dataset=label, kind=kind).inc(delta)
+            self._metric_mark[kind] = value
 
     # -- test set ------------------------------------------------------------------------------------------------
 
     def _cache_test_set(self) -> None:
         cfg = self.config
         start = time.perf_counter()
-        self._bytes_delta()  # the describe calls before are setup, not evaluation
-        before = dict(self.client.bytes_received)
+        self._bytes_delta()  # the describe calls before are setup (counted there), not evaluation
         xs, ys = [], []
         n = self.test_info.num_samples
         for tb in rebatch(
@@ -422,7 +442,7 @@ class Trainer:
             ys.append(tb.y)
         self.test_x = torch.cat(xs).to(self.device)
         self.test_y = torch.cat(ys).to(self.device)
-        self._metric_bytes(before)
+        self._metric_bytes(cfg.test_dataset)
         recv, _ = self._bytes_delta()
         self._totals["eval_bytes"] += recv
         self._totals["eval_seconds"] += time.perf_counter() - start
@@ -556,7 +576,9 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.selections = list(ckpt.get("selections", []))
         self.pushed_versions = list(ckpt.get("pushed_versions", []))
+        this_start = self._totals["setup_bytes"]  # this start's Describe replies add to the earlier starts'
         self._totals.update(ckpt.get("totals", {}))
+        self._totals["setup_bytes"] = int(self._totals.get("setup_bytes", 0)) + this_start
         restore_rng_state(ckpt["rng"])
         if self.monitor is not None and ckpt.get("crest"):
             self.monitor.load_state_dict(ckpt["crest"]["monitor"], self.device)
@@ -580,19 +602,30 @@ class Trainer:
             where = f"epoch {start_epoch}" + (f", sample {current.position}" if current is not None else "")
             self._echo(f"{cfg.method}: resuming from {where} ({cfg.checkpoint_dir})")
         self._open_bar(start_epoch, current)
+        finished = False
         try:
             if cfg.method == "crest":
                 self._run_crest(start_epoch, current, ckpt)
             else:
                 self._run_selected(start_epoch, current, ckpt)
+            self._save(cfg.epochs, None, None, [], finished=True)
+            finished = True
         finally:
             if self._bar is not None:
                 self._bar.close()
-            if self._metrics_server is not None:
-                self._metrics_server.shutdown()
-                self._metrics_server.server_close()
-        self._save(cfg.epochs, None, None, [], finished=True)
+            self._stop_metrics_server(linger=cfg.metrics_linger if finished else 0.0)
         return self._result()
+
+    def _stop_metrics_server(self, linger: float) -> None:
+        """Stop serving ``/metrics``, after ``linger`` seconds so a scraper can read the last epoch's values."""
+        if self._metrics_server is None:
+            return
+        if linger > 0:
+            self._echo(f"{self.config.method}: serving the final metrics for {linger:g} s more (--metrics-linger)")
+            time.sleep(linger)
+        self._metrics_server.shutdown()
+        self._metrics_server.server_close()
+        self._metrics_server = None
 
     def _steps_estimate(self) -> int:
         n = self.info.num_samples
@@ -657,6 +690,7 @@ class Trainer:
                     held, waited = pipeline.result(epoch)
                     state.selection_wait += waited
                     state.data_wait += waited
+                    TRAINER_DATA_WAIT.observe(waited)
                     self.selections.append(
                         {
                             "epoch": epoch,
@@ -734,6 +768,7 @@ class Trainer:
         state.step += 1
         state.payload_bytes += batch.payload_bytes
         TRAINER_SAMPLES.labels(dataset=cfg.dataset).inc(n)
+        self._metric_bytes()
         if self._bar is not None:
             self._bar.update(1)
 
@@ -760,7 +795,6 @@ class Trainer:
             raise FailedPreconditionError(f"the daemon returned an empty selection for epoch {epoch}")
         steps = math.ceil(len(sel) / cfg.batch_size)
         t0 = time.perf_counter()
-        before = dict(self.client.bytes_received)
         if state.position < len(sel):
             prefetch = self._stream_batches(sel, epoch, state.position)
             try:
@@ -773,7 +807,6 @@ class Trainer:
             finally:
                 prefetch.close()
         state.seconds += time.perf_counter() - t0
-        self._metric_bytes(before)
 
     # -- CREST -------------------------------------------------------------------------------------------------
 
@@ -794,7 +827,6 @@ class Trainer:
                 state = current if current is not None and current.epoch == epoch else _EpochState(epoch=epoch)
                 current = None
                 t0 = time.perf_counter()
-                before = dict(self.client.bytes_received)
                 reselect = cycle is None
                 while state.step < steps_per_epoch:
                     if reselect:
@@ -836,7 +868,6 @@ class Trainer:
                     crest_ckpt = {"monitor": monitor.state_dict(), "num_minibatches": num_minibatches}
                     t0 = self._maybe_checkpoint_mid(state, cycle.selection, [], t0, crest=crest_ckpt)
                 state.seconds += time.perf_counter() - t0
-                self._metric_bytes(before)
                 if cycle is None:
                     raise FailedPreconditionError("CREST trained an epoch without a selection")
                 crest_ckpt = {"monitor": monitor.state_dict(), "num_minibatches": num_minibatches}
@@ -909,6 +940,7 @@ class Trainer:
         recv, sent = self._bytes_delta()
         state.bytes_to_trainer += recv
         state.bytes_to_storage += sent
+        self._metric_bytes()
         t_eval = time.perf_counter()
         test_loss, test_acc = self.evaluate()
         self._totals["eval_seconds"] += time.perf_counter() - t_eval
@@ -947,6 +979,7 @@ class Trainer:
             )
         self.history.append(record)
         TRAINER_EPOCH.set(state.epoch)
+        TRAINER_SUBSET_SIZE.labels(dataset=cfg.dataset).set(record["subset_size"])
         TRAINER_EPOCH_DURATION.observe(state.seconds)
         TRAINER_LOSS.labels(split="train").set(record["train_loss"])
         TRAINER_LOSS.labels(split="test").set(test_loss)
@@ -973,6 +1006,7 @@ class Trainer:
             data_wait_seconds=sum(r["data_wait_seconds"] for r in self.history),
             eval_seconds=float(self._totals["eval_seconds"]),
             eval_bytes=int(self._totals["eval_bytes"]),
+            setup_bytes=int(self._totals["setup_bytes"]),
             model=cfg.model,
             device=str(self.device),
             options={

@@ -50,6 +50,7 @@ class RunResult:
         data_wait_seconds: time the training loop blocked waiting for a selection or the next batch.
         eval_seconds: time spent evaluating on the test set.
         eval_bytes: bytes received to cache the test set (once per run).
+        setup_bytes: bytes of the ``DescribeDataset`` replies the run started with (once per start or resume).
         model: model name.
         device: torch device the run trained on.
         options: the run's configuration (JSON-able).
@@ -64,6 +65,7 @@ class RunResult:
     data_wait_seconds: float
     eval_seconds: float = 0.0
     eval_bytes: int = 0
+    setup_bytes: int = 0
     model: str = ""
     device: str = ""
     options: dict[str, Any] = field(default_factory=dict)
@@ -265,6 +267,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, (ax_time, ax_bytes) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     target = report["target_accuracy"]
@@ -283,11 +286,15 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
             ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label="target (full − 1 pt)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     ax_time.set_xlabel("training wall time (s)")
     ax_time.set_title("accuracy vs wall time")
     ax_bytes.set_xlabel("bytes moved, storage↔trainer (MiB)")
     ax_bytes.set_xscale("log")
+    # plain numbers on the log axis, and no labels on its minor ticks (they overlap)
+    ax_bytes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax_bytes.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax_bytes.xaxis.set_minor_formatter(NullFormatter())
     ax_bytes.set_title("accuracy vs bytes moved")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

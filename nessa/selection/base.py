@@ -51,7 +51,16 @@ class SelectionInputs:
             value = getattr(self, name)
             if value is None:
                 continue
-            arr = np.asarray(value)
+            try:
+                arr = np.asarray(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"{name} could not be read as an array ({exc}); pass a numpy array with one row per sample"
+                ) from exc
+            if arr.dtype.kind not in "biuf":
+                raise InvalidArgumentError(
+                    f"{name} must be numeric (bool, int or float); got dtype {arr.dtype}: convert it first"
+                )
             if name in ("labels", "groups"):
                 if arr.ndim != 1:
                     raise InvalidArgumentError(f"{name} must be 1-D (one per sample); got shape {arr.shape}")
@@ -148,6 +157,13 @@ class Selector:
 
     def select(self, inputs: SelectionInputs, budget: Budget, seed: int = 0) -> Subset:
         """Choose a weighted subset of ``inputs`` of the given budget; deterministic for a given seed."""
+        if not isinstance(inputs, SelectionInputs):
+            raise InvalidArgumentError(
+                f"{self.name}: inputs must be a nessa.selection.SelectionInputs; got {type(inputs).__name__}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+            raise InvalidArgumentError(f"{self.name}: seed must be an int >= 0; got {seed!r}")
+        seed = int(seed)
         inputs.require(*self.required_inputs())
         n = len(inputs)
         if n == 0:

@@ -20,7 +20,8 @@ of :mod:`nessa.accel.reference.selection` (CRAIG's M − ‖·‖, submodlib's e
   when the stage-1 union would itself exceed ``block_size`` (k per part is too many), the budget is instead split
   over the parts in proportion to their sizes and the per-part greedy orders are interleaved ("partitioned"). In
   both cases the final assignment, cluster sizes and objective are computed over all n elements against the chosen
-  set with a fused nearest-selected kernel (O(n·k·d) time, O(n) memory).
+  set with a fused nearest-selected kernel (O(n·k·d) time, O(n) memory; the numpy reference, which builds a
+  rows × k block, is called on row chunks of at most block_size² / k rows so it stays within one block's memory).
 
 ``max_minus_dist`` M: given by ``similarity_param``, else the largest distance of the dense block (CRAIG). Under
 GreeDi, M = 2·max_i ‖x_i − x̄‖ (a bound on every pairwise distance, computed in O(n·d)) is used for every stage and
@@ -382,6 +383,29 @@ def _maximize(
     return _greedi(x, k, similarity, param, threshold, optimizer, epsilon, seed, ops, block_size, weight_rule)
 
 
+def _nearest_in_chunks(
+    ops: Any, x: np.ndarray, chosen: np.ndarray, kind: str, param: float | None, threshold: float, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ops.nearest_selected`` over row chunks of ``x`` of at most block_size² / k rows each.
+
+    The numpy reference materializes a rows × k similarity block; chunking keeps it within one dense block's
+    memory (block_size²) however large n is. Rows are independent and ``param`` is fixed by the caller (M under
+    GreeDi, D for ``exp``), so the result is the same as one call.
+    """
+    n, k = x.shape[0], chosen.shape[0]
+    rows = max(1, (block_size * block_size) // max(k, 1))
+    if rows >= n:
+        pos, best = ops.nearest_selected(x, chosen, kind, param, threshold)
+        return np.asarray(pos, dtype=np.int64), np.asarray(best, dtype=np.float32)
+    assignment = np.empty(n, dtype=np.int64)
+    best_all = np.empty(n, dtype=np.float32)
+    for start in range(0, n, rows):
+        pos, best = ops.nearest_selected(x[start : start + rows], chosen, kind, param, threshold)
+        assignment[start : start + rows] = pos
+        best_all[start : start + rows] = best
+    return assignment, best_all
+
+
 def _greedi(
     x: np.ndarray,
     k: int,
@@ -448,7 +472,7 @@ def _greedi(
         indices = interleave(orders)
         flat_gain = dict(zip(np.concatenate(orders).tolist(), np.concatenate(all_gains).tolist(), strict=True))
         gains = np.asarray([flat_gain[i] for i in indices.tolist()], dtype=np.float64)
-    assignment, best = ops.nearest_selected(x, x[indices], kind, param, threshold)
+    assignment, best = _nearest_in_chunks(ops, x, x[indices], kind, param, threshold, block_size)
     objective = float(np.maximum(best.astype(np.float64), 0.0).sum())
     return FacilityLocationResult(
         indices=np.asarray(indices, dtype=np.int64),

@@ -85,12 +85,17 @@ def create(name: str, **options: Any) -> Selector:
 
 
 def available() -> dict[str, dict[str, Any]]:
-    """Every registered selector: name → {"options": defaults, "requires": input names, "description"}."""
+    """Every registered selector: name → {"options", "requires", "description"}.
+
+    ``options`` maps each option to its default; ``requires`` lists the :class:`SelectionInputs` fields the
+    selector needs *with its default options* (some options add inputs, e.g. ``drop_learned`` needs ``losses``:
+    ``create(name, **options).required_inputs()`` tells for given options).
+    """
     _discover()
     return {
         name: {
             "options": dict(cls.options),
-            "requires": list(cls.requires),
+            "requires": list(cls().required_inputs()),
             "description": cls.description,
         }
         for name, cls in sorted(_REGISTRY.items())

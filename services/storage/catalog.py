@@ -30,11 +30,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MANIFEST = "manifest.json"
 
 
+def _is_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name)) and ".." not in name
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid dataset name, else raise :class:`InvalidArgumentError`."""
     if not name:
         raise InvalidArgumentError("no dataset named: give a dataset name (see ListDatasets)")
-    if not _NAME_RE.match(name) or ".." in name:
+    if not _is_name(name):
         raise InvalidArgumentError(
             f"{name!r} is not a dataset name: names are one word of letters, digits, '.', '_' and '-' "
             "(never a path); see ListDatasets for the names this daemon serves"
@@ -129,11 +133,14 @@ class Catalog:
         with self._lock:
             for child in sorted(self.root.iterdir()):
                 name = child.name
-                if name in self._entries or not _NAME_RE.match(name) or not (child / MANIFEST).is_file():
+                if name in self._entries or not _is_name(name) or not (child / MANIFEST).is_file():
                     continue
                 real = child.resolve()
                 if real.parent != self.root and self.root not in real.parents:
-                    log.warning("skipping dataset %s: it links outside the data directory (%s)", name, real)
+                    why = "it links outside the daemon's data directory; move or copy it under the data directory"
+                    if self._broken.get(name) != why:
+                        log.warning("skipping dataset %s: it links outside the data directory (%s)", name, real)
+                    self._broken[name] = why
                     continue
                 try:
                     entry = _open_entry(name, real)

@@ -189,21 +189,27 @@ class ProxyStore:
 
     def _save(self, record: ProxyRecord, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        base = self.dir / record.dataset
-        tmp = base.with_suffix(".proxy.tmp")
+        # Names may contain dots ("cifar.v2"): append suffixes, never replace one (Path.with_suffix would).
+        path = self._path(record.dataset)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, base.with_suffix(".proxy"))
+        os.replace(tmp, path)
         meta = {"dataset": record.dataset, "version": record.version, "sha256": record.sha256, "size": record.size}
-        tmp_meta = base.with_suffix(".json.tmp")
+        meta_path = self.dir / f"{record.dataset}.json"
+        tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, base.with_suffix(".json"))
+        os.replace(tmp_meta, meta_path)
+
+    def _path(self, dataset: str) -> Path:
+        """Where the proxy of ``dataset`` is saved (the name is a checked dataset name, one path component)."""
+        return self.dir / f"{dataset}.proxy"
 
     def restore(self) -> list[str]:
         """Load the proxies saved by an earlier run for datasets still served; return their dataset names."""
         restored = []
         for entry in self.catalog.entries():
             PROXY_VERSION.labels(dataset=entry.name).set(-1)
-            path = self.dir / f"{entry.name}.proxy"
+            path = self._path(entry.name)
             if not path.is_file():
                 continue
             try:

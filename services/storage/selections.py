@@ -273,10 +273,18 @@ class SelectionStore:
         np.savez(buf, indices=sel.indices, weights=sel.weights, meta=np.array(json.dumps(sel.meta())))
         tmp = self.dir / f".{sel.id}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, self._path(sel.id))
-        saved = sorted(self.dir.glob("sel-*.npz"), key=lambda p: p.stat().st_mtime)
-        for stale in saved[: max(0, len(saved) - self.max_saved)]:
-            stale.unlink(missing_ok=True)
+        with self._lock:
+            saved = sorted(self.dir.glob("sel-*.npz"), key=_mtime_ns)
+            # File times come from a coarse clock (several saves may share one): stamp each save strictly after the
+            # newest one, so "oldest first" is the order of saving, also across restarts.
+            newest = _mtime_ns(saved[-1]) if saved else 0
+            stamp = max(time.time_ns(), newest + 1)
+            os.utime(tmp, ns=(stamp, stamp))
+            path = self._path(sel.id)
+            os.replace(tmp, path)
+            saved = [p for p in saved if p != path] + [path]
+            for stale in saved[: max(0, len(saved) - self.max_saved)]:
+                stale.unlink(missing_ok=True)
 
     def _load(self, selection_id: str) -> StoredSelection | None:
         path = self._path(selection_id)
@@ -333,6 +341,13 @@ class EnginePool:
             runtime = get_runtime()
             runtime.program("nn")  # fpga_kernels/nn.cl: the proxy ops
             runtime.program(selection_ops.SOURCE)
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # removed meanwhile
+        return 0
 
 
 def _canonical(value: Any) -> str:

@@ -131,8 +131,14 @@ class StorageDaemon:
         if wait_ready:
             self._warm()
         else:
-            threading.Thread(target=self._warm, name="nessa-warmup", daemon=True).start()
+            threading.Thread(target=self._warm_in_background, name="nessa-warmup", daemon=True).start()
         return self
+
+    def _warm_in_background(self) -> None:
+        try:
+            self._warm()
+        except Exception:
+            log.exception("warm-up failed: health stays NOT_SERVING; fix the cause above and restart the daemon")
 
     def _warm(self) -> None:
         restored = self.proxies.restore()
