@@ -1,4 +1,4 @@
-"""Kernel benchmarks: proxy forward throughput and proxy size (selection kernels are appended as further sections).
+"""Kernel benchmarks: proxy forward throughput, selection kernels vs numpy, and proxy size, in one run.
 
 Usage: ``python bench/kernels.py [--repeats 5] [--batch-size 256] [--quick]``
 
@@ -23,6 +23,7 @@ import argparse
 import io
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,8 +166,43 @@ def proxy_size(cfg: Config) -> Table:
     return table
 
 
-#: Sections in print order; append more (e.g. selection kernels) here.
-SECTIONS: list[Callable[[Config], Table]] = [proxy_forward, proxy_size]
+# --- section: selection kernels vs numpy ---------------------------------------------------------------------------
+
+
+def selection_kernels(cfg: Config) -> Table:
+    """Pairwise-distance blocks and facility-location gains: OpenCL vs the numpy reference (``kernels_selection``).
+
+    ``bench/kernels_selection.py`` prints every selection kernel; this section keeps the two the proxy table is read
+    with, so that one run shows them side by side.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import kernels_selection
+
+    table = Table(
+        "Selection kernels vs numpy reference (median of runs)",
+        ["kernel", "size", "opencl s", "numpy s", "opencl rate", "numpy rate", "opencl/numpy"],
+    )
+    for r in kernels_selection.rows(cfg.repeats, families=("pairwise", "fl"), quick=cfg.quick):
+        table.rows.append(
+            [
+                r["kernel"],
+                r["size"],
+                f"{r['opencl_s']:.4f}",
+                f"{r['numpy_s']:.4f}",
+                f"{r['opencl_rate']:.1f} {r['unit']}",
+                f"{r['numpy_rate']:.1f} {r['unit']}",
+                f"{r['speedup']:.2f}x",
+            ]
+        )
+    table.notes.append("numpy: nessa.accel.reference.selection (float64 inside, the tests' oracle); all kernels: "
+                       "python bench/kernels_selection.py")  # fmt: skip
+    return table
+
+
+#: Sections in print order; append more here.
+SECTIONS: list[Callable[[Config], Table]] = [proxy_forward, selection_kernels, proxy_size]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ same process), the work rate (GFLOP/s for distance blocks, GB/s of similarity bl
 gains) and the speed ratio OpenCL / numpy. The numpy side is :mod:`nessa.accel.reference.selection` (float64
 internally, the test oracle); the FL-gain rows compare the two backends' ``FacilityLocationBlock.gains``.
 
-    python bench/kernels_selection.py [--repeats 5]
+    python bench/kernels_selection.py [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -49,11 +49,26 @@ def _pair(name: str, size: str, work: float, unit: str, ocl: Callable[[], Any], 
     }
 
 
-def rows(repeats: int = 5) -> list[dict[str, Any]]:
-    """Measure every kernel against its numpy reference; one dict per (kernel, size)."""
+#: Kernel families :func:`rows` measures, in print order.
+FAMILIES = ("pairwise", "assign", "fl", "cross_cov", "topk")
+
+
+def rows(repeats: int = 5, families: Collection[str] = FAMILIES, quick: bool = False) -> list[dict[str, Any]]:
+    """Measure kernels against their numpy references; one dict per (kernel, size).
+
+    Args:
+        repeats: timed runs per side (median reported).
+        families: which of :data:`FAMILIES` to measure.
+        quick: smaller sizes (a smoke run).
+    """
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown kernel families {sorted(unknown)}; choose from {FAMILIES}")
     rng = np.random.default_rng(0)
     out: list[dict[str, Any]] = []
-    for m, n, d in ((5000, 5000, 10), (5000, 5000, 512), (37, 53, 129)):
+    big = 1000 if quick else 5000
+    pair_sizes = ((big, big, 10), (big, big, 512), (37, 53, 129)) if "pairwise" in families else ()
+    for m, n, d in pair_sizes:
         a = rng.standard_normal((m, d)).astype(np.float32)
         b = rng.standard_normal((n, d)).astype(np.float32)
         flops = 3.0 * m * n * d / 1e9  # sub, mul, add per element pair and feature
@@ -66,7 +81,8 @@ def rows(repeats: int = 5) -> list[dict[str, Any]]:
         out.append(_pair("similarity[max_minus_dist]", f"{m}x{n}x{d}", flops, "GFLOP/s",
                          lambda a=a, b=b: cl_ops.similarity(a, b), lambda a=a, b=b: ref.similarity(a, b),
                          repeats))  # fmt: skip
-    for n, d, k in ((100_000, 10, 1000), (20_000, 64, 100)):
+    assign_sizes = ((10_000, 10, 100), (2_000, 64, 100)) if quick else ((100_000, 10, 1000), (20_000, 64, 100))
+    for n, d, k in assign_sizes if "assign" in families else ():
         x = rng.standard_normal((n, d)).astype(np.float32)
         c = rng.standard_normal((k, d)).astype(np.float32)
         flops = 3.0 * n * k * d / 1e9
@@ -76,7 +92,7 @@ def rows(repeats: int = 5) -> list[dict[str, Any]]:
         out.append(_pair("kmeans_assign (fused)", f"{n}x{k}x{d}", flops, "GFLOP/s",
                          lambda x=x, c=c: cl_ops.kmeans_assign(x, c), lambda x=x, c=c: ref.kmeans_assign(x, c),
                          repeats))  # fmt: skip
-    for n, d in ((5000, 10), (10_000, 10)):
+    for n, d in (((1000, 10), (2000, 10)) if quick else ((5000, 10), (10_000, 10))) if "fl" in families else ():
         x = rng.standard_normal((n, d)).astype(np.float32)
         blocks = [ops.FacilityLocationBlock(x) for ops in (cl_ops, ref)]
         for blk in blocks:
@@ -93,16 +109,20 @@ def rows(repeats: int = 5) -> list[dict[str, Any]]:
                          repeats))  # fmt: skip
         for blk in blocks:
             blk.close()
-    a = rng.standard_normal((200_000, 32)).astype(np.float32)
-    b = rng.standard_normal((200_000, 16)).astype(np.float32)
-    out.append(_pair("cross_covariance (centered)", "200000x32x16", 2.0 * 200_000 * 32 * 16 / 1e9, "GFLOP/s",
-                     lambda: cl_ops.cross_covariance(a, b, True), lambda: ref.cross_covariance(a, b, True),
-                     repeats))  # fmt: skip
-    scores = rng.standard_normal(1_000_000).astype(np.float32)
-    groups = rng.integers(0, 10, 1_000_000)
-    out.append(_pair("group_topk (k=1000/group)", "1e6 x 10 groups", 4e-3, "GB/s",
-                     lambda: cl_ops.group_topk(scores, groups, 1000), lambda: ref.group_topk(scores, groups, 1000),
-                     repeats))  # fmt: skip
+    if "cross_cov" in families:
+        rows_n = 20_000 if quick else 200_000
+        a = rng.standard_normal((rows_n, 32)).astype(np.float32)
+        b = rng.standard_normal((rows_n, 16)).astype(np.float32)
+        out.append(_pair("cross_covariance (centered)", f"{rows_n}x32x16", 2.0 * rows_n * 32 * 16 / 1e9, "GFLOP/s",
+                         lambda: cl_ops.cross_covariance(a, b, True), lambda: ref.cross_covariance(a, b, True),
+                         repeats))  # fmt: skip
+    if "topk" in families:
+        count = 100_000 if quick else 1_000_000
+        scores = rng.standard_normal(count).astype(np.float32)
+        groups = rng.integers(0, 10, count)
+        out.append(_pair("group_topk (k=1000/group)", f"{count:.0e} x 10 groups", 4.0 * count / 1e9, "GB/s",
+                         lambda: cl_ops.group_topk(scores, groups, 1000), lambda: ref.group_topk(scores, groups, 1000),
+                         repeats))  # fmt: skip
     return out
 
 
@@ -110,6 +130,7 @@ def main() -> None:
     """Print the kernel table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     args = parser.parse_args()
     from nessa.accel import get_runtime
 
@@ -119,7 +140,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for r in rows(args.repeats):
+    for r in rows(args.repeats, quick=args.quick):
         print(f"{r['kernel']:<30} {r['size']:<16} {r['opencl_s']:>10.4f} {r['numpy_s']:>10.4f} "
               f"{r['opencl_rate']:>8.1f} {r['unit']:<5} {r['numpy_rate']:>8.1f} {r['unit']:<5} "
               f"{r['speedup']:5.1f}x")  # fmt: skip

@@ -4,7 +4,14 @@ are not multiples of any work-group size."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
 import torch
@@ -12,10 +19,30 @@ import torch.nn.functional as F
 
 from nessa.accel import nn_ops as ops
 from nessa.accel.reference import nn as ref
-from nessa.accel.runtime import get_runtime
-from nessa.errors import InvalidArgumentError
+from nessa.accel.runtime import (
+    DEFAULT_PLATFORM,
+    ENV_PLATFORM,
+    OpenCLRuntime,
+    available_platforms,
+    get_runtime,
+    kernel_source,
+    round_up,
+)
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
 
 RNG = np.random.default_rng(1234)
+ROOT_PKG = Path(ops.__file__).resolve().parent
+NN_KERNELS = (
+    "nn_conv",
+    "nn_linear",
+    "nn_relu",
+    "nn_add",
+    "nn_pool",
+    "nn_global_avgpool",
+    "nn_normalize_u8",
+    "nn_normalize_f32",
+    "nn_softmax_xent",
+)
 
 
 def rand(*shape: int) -> np.ndarray:
@@ -210,8 +237,126 @@ def test_references_match_torch() -> None:
         (lambda: ops.normalize(rand(2, 3, 4), [0.1], [0.0]), "non-zero std"),
         (lambda: ops.conv2d(rand(2, 3, 8, 8), rand(4, 3, 3, 3), out=ops.empty((2, 4, 5, 5))), "out must be"),
         (lambda: ops.global_avgpool(rand(2, 3)), r"\(N, C, ...\)"),
+        (lambda: ops.global_avgpool(np.zeros((2, 0, 4), np.float32)), "non-empty"),
+        (lambda: ops.relu(np.zeros((0, 3), np.float32)), "empty"),
+        (lambda: ops.add(np.zeros((2, 0), np.float32), np.zeros((2, 0), np.float32)), "empty"),
+        (lambda: ops.maxpool1d(np.zeros((2, 3, 0), np.float32), 2), "empty"),
+        (lambda: ops.avgpool2d(np.zeros((0, 3, 4, 4), np.float32), 2), "empty"),
+        (lambda: ops.conv1d(rand(2, 3, 8), np.zeros((0, 3, 3), np.float32)), "empty"),
+        (lambda: ops.softmax_xent(np.zeros((0, 3), np.float32), np.zeros(0, np.int64)), "empty"),
+        (lambda: ops.normalize(np.zeros((0, 3, 4), np.float32), [0.1], [1.0]), "non-empty"),
+        (lambda: ops.flatten(np.zeros((2, 0), np.float32)), "empty"),
     ],
 )
 def test_bad_inputs_raise_before_launch(call: object, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         call()  # type: ignore[operator]
+
+
+# --- the host runtime ---------------------------------------------------------------------------------------------
+
+
+def test_platform_is_chosen_by_case_insensitive_substring(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = available_platforms()
+    assert found, "the tests need an OpenCL platform (PoCL)"
+    name = get_runtime().platform.name
+    assert DEFAULT_PLATFORM.lower() in name.lower()  # the default is PoCL
+    rt = OpenCLRuntime(platform="pORTABLE computing")
+    assert rt.platform.name == name and not rt.is_xilinx
+    monkeypatch.setenv(ENV_PLATFORM, "computing LANG")
+    assert OpenCLRuntime().platform.name == name
+
+
+def test_unknown_platform_lists_the_platforms_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_PLATFORM, "no-such-platform")
+    with pytest.raises(InvalidArgumentError) as info:
+        OpenCLRuntime()
+    msg = str(info.value)
+    assert "'no-such-platform'" in msg and ENV_PLATFORM in msg
+    for name in available_platforms():
+        assert repr(name) in msg
+
+
+def test_programs_are_built_once_and_kernels_kept_per_thread() -> None:
+    rt = OpenCLRuntime()
+    here = (rt.program("nn"), rt.kernel("nn", "nn_relu"), rt.queue)
+    assert rt.program("nn") is here[0] and rt.kernel("nn", "nn_relu") is here[1] and rt.queue is here[2]
+    assert rt.program("nn", ("-DNN_TP=8",)) is not here[0]  # another specialization is another program
+    there: list[object] = []
+
+    def other_thread() -> None:
+        there.extend([rt.program("nn"), rt.kernel("nn", "nn_relu"), rt.queue])
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert there[0] is here[0]  # the program is shared by the process
+    assert there[1] is not here[1] and there[2] is not here[2]  # kernels (argument state) and queues are not
+
+
+def test_program_from_binary_path(tmp_path: Path) -> None:
+    """The Xilinx path's program-from-binaries load (``load_binary``), exercised with PoCL's own binary of nn.cl
+    built as an xclbin is (no -D options); its kernels compute what the source-built ones do."""
+    rt = OpenCLRuntime()
+    built = cl.Program(rt.context, kernel_source("nn")).build()
+    path = tmp_path / "nn.bin"
+    path.write_bytes(built.get_info(cl.program_info.BINARIES)[0])
+    program = rt.load_binary(str(path))
+    assert set(program.get_info(cl.program_info.KERNEL_NAMES).split(";")) == set(NN_KERNELS)
+    x = rand(3, 5, 37)
+    d = ops.to_device(x, rt)
+    out = ops.empty(x.shape, rt)
+    cl.Kernel(program, "nn_relu")(
+        rt.queue, (round_up(x.size, 64),), (64,), d.base_data, np.int32(d.offset // 4), out.base_data,
+        np.int32(out.offset // 4), np.int32(x.size),
+    )  # fmt: skip
+    np.testing.assert_array_equal(out.get(), ref.relu(x))
+    with pytest.raises(FailedPreconditionError, match="cannot read"):
+        rt.load_binary(str(tmp_path / "missing.xclbin"))
+    (tmp_path / "junk.xclbin").write_bytes(b"not a binary")
+    with pytest.raises(FailedPreconditionError, match="rejects the binary"):
+        rt.load_binary(str(tmp_path / "junk.xclbin"))
+
+
+def test_vitis_build_lists_exactly_the_kernels_of_the_sources(tmp_path: Path) -> None:
+    """The xclbin carries every __kernel of fpga_kernels/*.cl under its own name (what the host asks for)."""
+    root = Path(__file__).resolve().parents[1] / "fpga_kernels"
+    makefile = (root / "vitis" / "Makefile").read_text()
+    assert "PLATFORM ?= xilinx_u2_gen3x4_xdma_gc_2_202110_1" in makefile
+    declared = set(re.findall(r"__kernel\s+void\s+(\w+)\s*\(", (root / "nn.cl").read_text()))
+    assert declared == set(NN_KERNELS)
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    listed = subprocess.run(["make", "-s", "kernels"], cwd=root / "vitis", capture_output=True, text=True, check=True)
+    everything = set()
+    for src in root.glob("*.cl"):
+        everything |= set(re.findall(r"__kernel\s+void\s+(\w+)\s*\(", src.read_text()))
+    assert set(listed.stdout.split()) == everything
+    cfg = subprocess.run(
+        ["make", "-s", "connectivity", f"BUILD={tmp_path}"],
+        cwd=root / "vitis",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert cfg[0] == "[connectivity]"
+    assert set(cfg[1:]) == {f"nk={k}:1" for k in everything} | {f"sp={k}_1.m_axi_gmem:DDR[0]" for k in everything}
+    called = set(re.findall(r'"((?:nn|sel)_\w+)"', (ROOT_PKG / "nn_ops.py").read_text()))
+    called |= set(re.findall(r'"((?:nn|sel)_\w+)"', (ROOT_PKG / "selection_ops.py").read_text()))
+    assert called <= everything, called - everything
+
+
+@pytest.mark.fpga
+def test_xilinx_platform_runs_the_xclbin() -> None:
+    """On a SmartSSD (``NESSA_OPENCL_PLATFORM=xilinx``, ``NESSA_XCLBIN`` set): kernels from the xclbin match numpy."""
+    rt = get_runtime()
+    assert rt.is_xilinx, f"the fpga tests need NESSA_OPENCL_PLATFORM=xilinx; running on {rt.name}"
+    x, wt, b = rand(3, 5, 9, 7), rand(13, 5, 3, 3), rand(13)
+    close(
+        ops.conv2d(x, ops.ConvWeights.pack(wt, b, tco=8), None, 1, 1, relu=True), ref.conv2d(x, wt, b, 1, 1, relu=True)
+    )
+    z, y = rand(37, 10), RNG.integers(0, 10, 37)
+    grad, loss = ops.softmax_xent(z, y)
+    want_grad, want_loss = ref.softmax_xent(z, y)
+    close(grad, want_grad)
+    close(loss, want_loss)

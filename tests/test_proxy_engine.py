@@ -1,5 +1,6 @@
-"""The proxy engines: OpenCL, torch and numpy agree on the same int8 proxy; a trained int8 proxy keeps the fp32
-model's accuracy on MNIST-1D; inputs are laid out, batched and checked; stored samples run through the real store.
+"""The proxy engines: OpenCL, torch and numpy agree on the same int8 proxy of the MLP, the 1-D CNN and ResNet-20,
+with random and with trained weights; trained int8 proxies keep the fp32 model's accuracy on MNIST-1D; inputs are
+laid out, batched and checked; stored samples run through the real store.
 
 Tolerance: every engine computes with the very same float32 weights (int8 values times their scale, dequantized
 once), so only float32 rounding in different accumulation orders separates them. That error grows like
@@ -88,29 +89,54 @@ def mnist1d() -> dict[str, np.ndarray]:
     return {k: d[k].astype(np.float32 if k.startswith("x") else np.int64) for k in ("x", "y", "x_test", "y_test")}
 
 
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int = 128) -> nn.Module:
+    """A short Adam training run (BatchNorm statistics come from the data); returns the model in eval mode.
+
+    One torch thread: these small batches gain little from more, and on a loaded machine torch's thread pool
+    thrashes (measured 40x slower for the MLP with two threads on two busy cores).
+    """
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(epochs):
+            model.train()
+            perm = torch.randperm(len(xt))
+            for i in range(0, len(xt), batch):
+                b = perm[i : i + batch]
+                loss = torch.nn.functional.cross_entropy(model(xt[b]), yt[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def fp32_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
 @pytest.fixture(scope="module")
 def trained_cnn(mnist1d: dict[str, np.ndarray]) -> nn.Module:
-    """cnn1d trained for 8 epochs on MNIST-1D (about 2 s on 2 cores; ~95 % test accuracy)."""
+    """cnn1d trained for 8 epochs on MNIST-1D (a few seconds; ~95 % test accuracy)."""
     torch.manual_seed(0)
-    model = cnn1d()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = torch.from_numpy(mnist1d["x"]), torch.from_numpy(mnist1d["y"])
-    for _ in range(8):
-        model.train()
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            b = perm[i : i + 128]
-            loss = torch.nn.functional.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return train(cnn1d(), mnist1d["x"], mnist1d["y"], epochs=8, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(mnist1d: dict[str, np.ndarray]) -> nn.Module:
+    """The MLP trained for 6 epochs on MNIST-1D (under 1 s; ~55 % test accuracy, MLPs top out near 70 % on it)."""
+    torch.manual_seed(0)
+    return train(mlp(), mnist1d["x"], mnist1d["y"], epochs=6, lr=2e-3)
 
 
 def test_trained_int8_proxy_keeps_accuracy(trained_cnn: nn.Module, mnist1d: dict[str, np.ndarray]) -> None:
     x, y = mnist1d["x_test"], mnist1d["y_test"]
-    with torch.no_grad():
-        fp32_acc = (trained_cnn(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    fp32_acc = fp32_accuracy(trained_cnn, x, y)
     assert fp32_acc > 0.8  # the short training did learn
     proxy = export(trained_cnn, torch.from_numpy(x[:1]), version=8)
     outs = {name: e.run(proxy, x, y) for name, e in ENGINES.items()}  # stored (40,) samples, proxy input (1, 40)
@@ -118,6 +144,38 @@ def test_trained_int8_proxy_keeps_accuracy(trained_cnn: nn.Module, mnist1d: dict
     for o in outs.values():
         int8_acc = (o.logits.argmax(1) == y).mean()
         assert abs(int8_acc - fp32_acc) <= 0.01, (int8_acc, fp32_acc)
+
+
+def test_trained_mlp_engines_agree_and_keep_accuracy(trained_mlp: nn.Module, mnist1d: dict[str, np.ndarray]) -> None:
+    x, y = mnist1d["x_test"], mnist1d["y_test"]
+    fp32_acc = fp32_accuracy(trained_mlp, x, y)
+    assert fp32_acc > 0.4  # well above chance (0.1): the weights are trained
+    proxy = export(trained_mlp, torch.from_numpy(x[:1]), version=15)
+    outs = {name: e.run(proxy, x, y) for name, e in ENGINES.items()}
+    assert_outputs_agree(outs, y)
+    for o in outs.values():
+        assert abs((o.logits.argmax(1) == y).mean() - fp32_acc) <= 0.01
+
+
+def test_trained_resnet20_engines_agree() -> None:
+    """ResNet-20 trained briefly on real images (scikit-learn's 8x8 digits, upsampled to 3x32x32), so its weights
+    and BatchNorm statistics come from data; the OpenCL and torch engines agree on held-out digits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    img = np.kron(digits.images / 16.0, np.ones((4, 4)))  # (n, 32, 32) in [0, 1]
+    x = np.repeat(img[:, None], 3, axis=1).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_train, y_train, x_test, y_test = x[:640], y[:640], x[1400:1600], y[1400:1600]
+    torch.manual_seed(0)
+    model = train(resnet20(), x_train, y_train, epochs=1, lr=3e-3, batch=64)
+    fp32_acc = fp32_accuracy(model, x_test, y_test)
+    assert fp32_acc > 0.3  # above chance (0.1) after ten steps
+    proxy = export(model, torch.from_numpy(x_test[:1]), version=1)
+    outs = {name: ENGINES[name].run(proxy, x_test, y_test) for name in ("opencl", "torch")}
+    assert_outputs_agree(outs, y_test)
+    for o in outs.values():
+        assert abs((o.logits.argmax(1) == y_test).mean() - fp32_acc) <= 0.02  # 200 samples: 1 sample = 0.5 point
 
 
 def test_uint8_images_are_scaled_and_normalized() -> None:

@@ -263,3 +263,19 @@ def test_bad_arguments() -> None:
         export(mlp(), torch.zeros(40))
     with pytest.raises(InvalidArgumentError, match="example input"):
         export(mlp(), torch.zeros(1, 41))
+
+
+@pytest.mark.parametrize("quantize", ["int8", None])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_rejected(quantize: str | None, bad: float) -> None:
+    model = mlp(hidden=(8,))
+    with torch.no_grad():
+        model[0].weight[3, 1] = bad
+    with pytest.raises(InvalidArgumentError, match="NaN or Inf"):
+        export(model, torch.zeros(1, 40), quantize=quantize)
+    for edit in ("running_var", "bias"):
+        model = randomize_bn(cnn1d(width=4))
+        with torch.no_grad():
+            getattr(model.features[4], edit)[2] = -1.0 if edit == "running_var" else bad
+        with pytest.raises(InvalidArgumentError, match=r"BatchNorm at module 'features\.4' has NaN or Inf"):
+            export(model, torch.zeros(1, 40), quantize=quantize)

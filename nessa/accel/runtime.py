@@ -49,6 +49,11 @@ def available_platforms() -> list[str]:
         return []
 
 
+def _is_xilinx(platform_name: str) -> bool:
+    """Whether a platform of this name is a Xilinx FPGA one (programs come from an ``.xclbin``, not source)."""
+    return XILINX_PLATFORM in platform_name.lower()
+
+
 def _compiles(platform: cl.Platform) -> bool:
     """Whether ``platform``'s first device builds a trivial kernel.
 
@@ -106,8 +111,8 @@ class OpenCLRuntime:
                 f"no OpenCL platform matches {wanted!r} (set {ENV_PLATFORM} to a substring of one of: {names})"
             )
         # Several platforms may share a name (pip's PoCL and the distribution's): take the first that can compile.
-        # On Xilinx nothing is compiled (the xclbin is loaded), so the first match is taken as it is.
-        working = matches[:1] if XILINX_PLATFORM in wanted.lower() else [p for p in matches if _compiles(p)]
+        # A Xilinx platform compiles nothing (the xclbin is loaded), so it is taken as it is, never probed.
+        working = [p for p in matches if _is_xilinx(p.name) or _compiles(p)]
         if not working:
             raise FailedPreconditionError(
                 f"OpenCL platform {matches[0].name!r} cannot compile kernels on this CPU (PoCL's LLVM may not know "
@@ -119,7 +124,7 @@ class OpenCLRuntime:
             raise FailedPreconditionError(f"OpenCL platform {self.platform.name!r} has no devices")
         self.device: cl.Device = devices[0]
         self.context = cl.Context([self.device])
-        self.is_xilinx = XILINX_PLATFORM in self.platform.name.lower()
+        self.is_xilinx = _is_xilinx(self.platform.name)
         self.xclbin_path = xclbin or os.environ.get(ENV_XCLBIN)
         if self.is_xilinx and not self.xclbin_path:
             raise FailedPreconditionError(
@@ -164,13 +169,32 @@ class OpenCLRuntime:
     def _build(self, source: str, options: tuple[str, ...]) -> cl.Program:
         if self.is_xilinx:
             assert self.xclbin_path is not None
-            try:
-                with open(self.xclbin_path, "rb") as fh:
-                    binary = fh.read()
-            except OSError as exc:
-                raise FailedPreconditionError(f"cannot read {ENV_XCLBIN}={self.xclbin_path!r}: {exc}") from exc
-            return cl.Program(self.context, [self.device], [binary]).build()
+            return self.load_binary(self.xclbin_path)
         return cl.Program(self.context, kernel_source(source)).build(options=list(options))
+
+    def load_binary(self, path: str) -> cl.Program:
+        """Load a prebuilt device binary (an ``.xclbin`` on Xilinx) as a program from binaries, and build it.
+
+        This is how every program is obtained on a Xilinx platform (``clCreateProgramWithBinary`` then
+        ``clBuildProgram``, which for an xclbin programs the FPGA); other platforms accept their own binaries here.
+
+        Raises:
+            FailedPreconditionError: the file cannot be read, or the device rejects the binary.
+        """
+        try:
+            with open(path, "rb") as fh:
+                binary = fh.read()
+        except OSError as exc:
+            raise FailedPreconditionError(f"cannot read the device binary {path!r} ({ENV_XCLBIN}): {exc}") from exc
+        if not binary:
+            raise FailedPreconditionError(f"the device binary {path!r} ({ENV_XCLBIN}) is empty; rebuild it")
+        try:
+            return cl.Program(self.context, [self.device], [binary]).build()
+        except cl.Error as exc:
+            raise FailedPreconditionError(
+                f"device {self.device.name!r} rejects the binary {path!r} ({exc}); build it for this platform "
+                "with fpga_kernels/vitis/Makefile"
+            ) from exc
 
     def kernel(self, source: str, name: str, options: tuple[str, ...] = ()) -> cl.Kernel:
         """This thread's kernel object ``name`` from program ``source`` (argument state is per thread)."""

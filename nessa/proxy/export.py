@@ -430,6 +430,12 @@ class _Exporter:
         var = mod.running_var.detach().double().numpy()
         gamma = mod.weight.detach().double().numpy() if mod.weight is not None else np.ones(channels)
         beta = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(channels)
+        stats = np.concatenate([mean, var, gamma, beta])
+        if not np.all(np.isfinite(stats)) or np.any(var + float(mod.eps) <= 0):
+            raise InvalidArgumentError(
+                f"BatchNorm at module {_module_path(node)!r} has NaN or Inf parameters or a non-positive running "
+                "variance; the model diverged or its state is corrupt, so it cannot be exported"
+            )
         g = gamma / np.sqrt(var + float(mod.eps))
         bias = target.bias if target.bias is not None else np.zeros(channels)
         target.weight = target.weight * g.reshape((-1,) + (1,) * (target.weight.ndim - 1))
