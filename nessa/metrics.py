@@ -31,6 +31,7 @@ __all__ = [
     "BYTES_SENT",
     "DATASET_SIZE",
     "PROXY_FORWARD_DURATION",
+    "PROXY_FORWARD_SAMPLES",
     "PROXY_VERSION",
     "RPC_CANCELLED",
     "RPC_ERRORS",
@@ -102,6 +103,12 @@ PROXY_FORWARD_DURATION = Histogram(
     "Wall time of the proxy forward pass over the candidates of one Select, by engine.",
     ["engine"],
     buckets=_SECONDS_BUCKETS,
+)
+PROXY_FORWARD_SAMPLES = Counter(
+    "nessa_proxy_forward_samples_total",
+    "Samples the proxy ran over, by engine (a selector that reads only some candidates, like CREST's pools, "
+    "has only those forwarded).",
+    ["engine"],
 )
 SELECTION_SIZE = Gauge(
     "nessa_selection_size_samples",

@@ -191,3 +191,33 @@ def test_proxy_survives_a_restart(root: Path, tmp_path: Path) -> None:
         assert client.describe("other").proxy_version == 9
         assert client.describe("other.v2").proxy_version == 3
         assert client.select("other.v2", "craig", 0.5).proxy_version == 3
+
+
+def test_crest_forwards_only_its_pools_and_selects_as_on_all_features(client: StorageClient, root: Path) -> None:
+    """CREST reads gradients only in its random pools: the daemon forwards just those rows, same result."""
+    from nessa.proxy import ProxyEngine, loads
+    from nessa.selection import SelectionInputs, create
+    from nessa.store import open_dataset
+
+    data = toy_proxy(7)
+    client.push_proxy(data, "toy")
+    before = _value("nessa_proxy_forward_samples_total", engine="opencl")
+    options = {"minibatch_size": 32}
+    sel = client.select("toy", "crest", count=96, seed=5, engine="opencl", options=options)
+    forwarded = _value("nessa_proxy_forward_samples_total", engine="opencl") - before
+    pools = sorted(set().union(*map(set, sel.extras["pools"])))
+    assert forwarded == len(pools) < TOY_N // 4, (forwarded, len(pools))
+    # The same selector on the proxy's gradients of every sample picks exactly the same samples and weights.
+    reader = open_dataset(root / "toy")
+    everything = np.arange(len(reader))
+    x = reader.read_arrays(everything)
+    out = ProxyEngine("opencl").run(loads(data), x, reader.labels)
+    full = create("crest", **options).select(
+        SelectionInputs(labels=reader.labels, gradients=out.grad_embedding), 96, seed=5
+    )
+    np.testing.assert_array_equal(sel.indices, full.indices)
+    np.testing.assert_allclose(sel.weights, full.weights, rtol=1e-6)
+    # A method that reads every candidate still has every candidate forwarded.
+    before = _value("nessa_proxy_forward_samples_total", engine="opencl")
+    client.select("toy", "craig", 0.05, seed=5, engine="opencl")
+    assert _value("nessa_proxy_forward_samples_total", engine="opencl") - before == TOY_N

@@ -568,3 +568,25 @@ def test_augment_bad_input() -> None:
     with pytest.raises(InvalidArgumentError, match="budget"):
         create("augment").select(SelectionInputs(labels=labels, gradients=grads), 0)
     assert math.isfinite(create("augment").select(SelectionInputs(labels=labels, gradients=grads), 0.2).objective)
+
+
+def test_crest_reads_features_only_in_the_rows_it_declares() -> None:
+    rng = np.random.default_rng(11)
+    grads, labels, _losses = _softmax_gradients(rng, 5000, 10)
+    crest = create("crest", minibatch_size=64)
+    rows = crest.feature_rows(labels, 192, seed=2)
+    assert rows is not None and 0 < len(rows) < len(labels) // 2
+    assert np.array_equal(rows, np.unique(rows))
+    full = crest.select(SelectionInputs(labels=labels, gradients=grads), 192, seed=2)
+    assert set(full.indices.tolist()) <= set(rows.tolist())
+    assert sorted(set().union(*map(set, full.extras["pools"]))) == rows.tolist()
+    # Other rows hold anything (here zeros): the result does not change.
+    masked = np.zeros_like(grads)
+    masked[rows] = grads[rows]
+    part = create("crest", minibatch_size=64).select(SelectionInputs(labels=labels, gradients=masked), 192, seed=2)
+    np.testing.assert_array_equal(part.indices, full.indices)
+    np.testing.assert_array_equal(part.weights, full.weights)
+    assert part.extras["gradient_error"] == full.extras["gradient_error"]
+    # drop_learned reads every loss; methods that look at every candidate declare all rows (None).
+    assert create("crest", drop_learned=True).feature_rows(labels, 192, seed=2) is None
+    assert create("craig").feature_rows(labels, 192, seed=2) is None

@@ -184,5 +184,17 @@ class Selector:
         """The inputs this instance needs with its options (default: the class's ``requires``)."""
         return tuple(self.requires)
 
+    def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
+        """Candidate positions whose per-sample features :meth:`select` will read, or ``None`` for all of them.
+
+        With these labels, budget and seed, :meth:`select` reads ``gradients``, ``losses``, ``embeddings`` and
+        ``caption_embeddings`` only at these rows (sorted, unique); the values of the other rows do not change
+        its result (they must still be finite). A caller that computes features per sample (the storage daemon's
+        proxy pass) computes only these rows. Methods that look at every candidate return ``None`` (the default);
+        CREST, which draws random pools from the labels alone, returns the pools.
+        """
+        del labels, budget, seed
+        return None
+
     def _select(self, inputs: SelectionInputs, budget: Budget, seed: int) -> Subset:
         raise NotImplementedError

@@ -320,6 +320,23 @@ class Crest(Selector):
         active = np.flatnonzero(keep).astype(np.int64)
         return active, n - len(active)
 
+    def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
+        """The union of the pools :meth:`select` draws (``None`` with ``drop_learned``, which reads every loss).
+
+        The pools depend only on the labels, the budget and the seed, so the daemon forwards the proxy over these
+        rows only: with the defaults, P = ceil(k/m) pools of about 1 % of N each, a small share of the data.
+        """
+        if self.config["drop_learned"]:
+            return None
+        labels = np.asarray(labels)
+        n = len(labels)
+        if n == 0:
+            raise InvalidArgumentError(f"{self.name}: no candidates to select from")
+        k = count_from_budget(n, budget)
+        num_pools = max(1, math.ceil(k / int(self.config["minibatch_size"])))
+        pools = self._pools(labels, np.arange(n, dtype=np.int64), num_pools, int(seed))
+        return np.unique(np.concatenate(pools)) if pools else np.empty(0, dtype=np.int64)
+
     def _pools(self, labels: np.ndarray, active: np.ndarray, num_pools: int, seed: int) -> list[np.ndarray]:
         """``num_pools`` disjoint random class-balanced pools of about ``pool_size`` active candidates each."""
         n = len(labels)

@@ -42,6 +42,7 @@ from nessa.metrics import (
     ACTIVE_SELECTIONS,
     BYTES_FULL_EPOCH,
     PROXY_FORWARD_DURATION,
+    PROXY_FORWARD_SAMPLES,
     SELECTION_CACHE_BYTES,
     SELECTION_DURATION,
     SELECTION_OBJECTIVE,
@@ -530,11 +531,19 @@ class SelectionService:
         labels = entry.labels[candidates]
         features: dict[str, np.ndarray] = {"labels": labels}
         read_s = forward_s = 0.0
+        forwarded = 0
         if record is not None:
+            # Only the rows the selector will read (CREST: its pools) go through the proxy; with a per-class rule
+            # the selector runs once per class on other inputs, so every row is forwarded.
+            rows = selector.feature_rows(labels, budget, int(params.seed)) if rule == GLOBAL_RULE else None
+            if rows is not None and len(rows) == 0:
+                rows = None
             features, read_s, forward_s = self._forward(
-                entry, record, engine_name, candidates, labels, selector, cancel
+                entry, record, engine_name, candidates, labels, selector, cancel, rows
             )
+            forwarded = len(candidates) if rows is None else len(rows)
             PROXY_FORWARD_DURATION.labels(engine=engine_name).observe(forward_s)
+            PROXY_FORWARD_SAMPLES.labels(engine=engine_name).inc(forwarded)
         cancel.check()
         t0 = time.perf_counter()
         inputs = SelectionInputs(**features)
@@ -576,19 +585,25 @@ class SelectionService:
         labels: np.ndarray,
         selector: Selector,
         cancel: CancelToken,
+        rows: np.ndarray | None = None,
     ) -> tuple[dict[str, np.ndarray], float, float]:
-        """Run the proxy over the candidates in batches; return the selector's inputs and read/forward seconds."""
+        """Run the proxy over the candidates in batches; return the selector's inputs and read/forward seconds.
+
+        With ``rows`` (positions into ``candidates``, from :meth:`Selector.feature_rows`) only those candidates
+        are read and forwarded; the other rows of each feature array are zeros, which the selector does not read.
+        """
         engine = self.engines.get(engine_name)
         wanted = [name for name in selector.required_inputs() if name in _PROXY_INPUTS]
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        positions = np.arange(len(candidates), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         read_s = forward_s = 0.0
-        for lo in range(0, len(candidates), self.proxy_batch_size):
+        for lo in range(0, len(positions), self.proxy_batch_size):
             cancel.check()
-            idx = candidates[lo : lo + self.proxy_batch_size]
+            batch = positions[lo : lo + self.proxy_batch_size]
             t0 = time.perf_counter()
-            x = entry.reader.read_arrays(idx)
+            x = entry.reader.read_arrays(candidates[batch])
             t1 = time.perf_counter()
-            out = engine.run(record.proxy, x, labels[lo : lo + self.proxy_batch_size])
+            out = engine.run(record.proxy, x, labels[batch])
             t2 = time.perf_counter()
             read_s += t1 - t0
             forward_s += t2 - t1
@@ -596,7 +611,13 @@ class SelectionService:
                 parts[name].append(np.asarray(_output(out, name)))
         features = {"labels": labels}
         for name in wanted:
-            features[name] = np.concatenate(parts[name], axis=0)
+            computed = np.concatenate(parts[name], axis=0)
+            if rows is None:
+                features[name] = computed
+            else:
+                full = np.zeros((len(candidates), *computed.shape[1:]), dtype=computed.dtype)
+                full[positions] = computed
+                features[name] = full
         return features, read_s, forward_s
 
     @staticmethod
