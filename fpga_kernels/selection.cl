@@ -215,18 +215,11 @@ __kernel void sel_transform_values(__global float* restrict S, const long count,
     if (t < (size_t)count) S[t] = sel_transform(S[t], offset, sign, thr);
 }
 
-/* Facility-location marginal gains: for the candidates ids[g], g < n_ids (one work-item each),
- *   out[g] = sum_i w_i * max(0, s(ids[g], i) - max(best_i, 0)),
- * with s from the stored value block S (m x n) by (offset, sign, thr). The sum runs in a fixed order (16 lanes over
- * the row, a fixed lane tree, then the tail), so a candidate's gain does not depend on the batch; as best only grows,
- * every term and so the float sum can only shrink (a stale gain is an upper bound). NDRange: round_up(n_ids, 8). */
-__kernel void sel_fl_gains(__global const float* restrict S, __global const float* restrict best,
-                           __global const float* restrict weights, __global const int* restrict ids, const int n_ids,
-                           const int n, const float offset, const float sign, const float thr, const int weighted,
-                           __global float* restrict out) {
-    const int g = get_global_id(0);
-    if (g >= n_ids) return;
-    const __global float* row = S + (size_t)ids[g] * n;
+/* The gain of one candidate row (see sel_fl_gains); shared by every kernel that evaluates gains so that all of them
+ * compute bit-identical values. */
+inline float sel_fl_gain(const __global float* restrict row, const __global float* restrict best,
+                         const __global float* restrict weights, const int n, const float offset, const float sign,
+                         const float thr, const int weighted) {
     float16 acc = (float16)(0.0f);
     int i = 0;
     if (weighted) {
@@ -248,18 +241,14 @@ __kernel void sel_fl_gains(__global const float* restrict S, __global const floa
         const float t = fmax(sel_transform(row[i], offset, sign, thr) - fmax(best[i], 0.0f), 0.0f);
         total += weighted ? weights[i] * t : t;
     }
-    out[g] = total;
+    return total;
 }
 
-/* Coverage update after picking candidate j (its pos-th pick): where s(j, i) > best_i, best_i = s and
- * assign_i = pos (strictly greater: the earlier pick keeps a tie). Each work-item updates 16 elements.
- * NDRange: round_up(ceil(n / 16), GL). */
-__kernel void sel_fl_add(__global const float* restrict S, __global float* restrict best, __global int* restrict assign,
-                         const int j, const int pos, const int n, const float offset, const float sign,
-                         const float thr) {
-    const int i0 = get_global_id(0) * 16;
-    if (i0 >= n) return;
-    const __global float* row = S + (size_t)j * n;
+/* Coverage update of the 16 elements from i0 (fewer at the end) by candidate row `row`, its pos-th pick: where
+ * s > best_i, best_i = s and assign_i = pos (strictly greater: the earlier pick keeps a tie). */
+inline void sel_fl_cover16(const __global float* restrict row, __global float* restrict best,
+                           __global int* restrict assign, const int i0, const int pos, const int n, const float offset,
+                           const float sign, const float thr) {
     if (i0 + 16 <= n) {
         const float16 s = sel_transform16(vload16(0, row + i0), offset, sign, thr);
         const float16 b = vload16(0, best + i0);
@@ -274,6 +263,139 @@ __kernel void sel_fl_add(__global const float* restrict S, __global float* restr
                 assign[i] = pos;
             }
         }
+    }
+}
+
+/* Facility-location marginal gains: for the candidates ids[g], g < n_ids (one work-item each),
+ *   out[g] = sum_i w_i * max(0, s(ids[g], i) - max(best_i, 0)),
+ * with s from the stored value block S (m x n) by (offset, sign, thr). The sum runs in a fixed order (16 lanes over
+ * the row, a fixed lane tree, then the tail), so a candidate's gain does not depend on the batch; as best only grows,
+ * every term and so the float sum can only shrink (a stale gain is an upper bound). NDRange: round_up(n_ids, 8). */
+__kernel void sel_fl_gains(__global const float* restrict S, __global const float* restrict best,
+                           __global const float* restrict weights, __global const int* restrict ids, const int n_ids,
+                           const int n, const float offset, const float sign, const float thr, const int weighted,
+                           __global float* restrict out) {
+    const int g = get_global_id(0);
+    if (g >= n_ids) return;
+    out[g] = sel_fl_gain(S + (size_t)ids[g] * n, best, weights, n, offset, sign, thr, weighted);
+}
+
+/* Coverage update after picking candidate j (its pos-th pick): where s(j, i) > best_i, best_i = s and
+ * assign_i = pos (strictly greater: the earlier pick keeps a tie). Each work-item updates 16 elements.
+ * NDRange: round_up(ceil(n / 16), GL). */
+__kernel void sel_fl_add(__global const float* restrict S, __global float* restrict best, __global int* restrict assign,
+                         const int j, const int pos, const int n, const float offset, const float sign,
+                         const float thr) {
+    const int i0 = get_global_id(0) * 16;
+    if (i0 >= n) return;
+    sel_fl_cover16(S + (size_t)j * n, best, assign, i0, pos, n, offset, sign, thr);
+}
+
+/* Max-heap order of (bound, id) pairs: the larger bound first, the lower id on ties (the greedy argmax rule). */
+inline int sel_heap_above(const float va, const int ia, const float vb, const int ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+inline void sel_heap_down(__global float* restrict hv, __global int* restrict hi, const int size, int p) {
+    const float v = hv[p];
+    const int id = hi[p];
+    for (;;) {
+        int c = 2 * p + 1;
+        if (c >= size) break;
+        if (c + 1 < size && sel_heap_above(hv[c + 1], hi[c + 1], hv[c], hi[c])) ++c;
+        if (!sel_heap_above(hv[c], hi[c], v, id)) break;
+        hv[p] = hv[c];
+        hi[p] = hi[c];
+        p = c;
+    }
+    hv[p] = v;
+    hi[p] = id;
+}
+
+/* Lazy greedy, k picks in one launch (one work-item: the whole loop runs on the device, no host round trip per pick).
+ * bounds[t] is the current gain of candidate ids[t], t < count (from sel_fl_gains); they become a max-heap in
+ * (hv, hi) (count entries), fresh[id] the pick step at which a bound was computed (m entries). Each step re-evaluates
+ * the heap top until it is fresh, then picks it: as coverage only grows and sel_fl_gain is monotone, a stale bound
+ * is a true float upper bound, so the order is exactly the naive greedy order (ties: the lowest id). Writes picks[t],
+ * gains[t] (t < k, k <= count), evals[0] (gain evaluations made here), and updates best / assign (positions
+ * first_pos + t). NDRange: (1), (1). */
+__kernel void sel_fl_lazy(__global const float* restrict S, __global float* restrict best, __global int* restrict assign,
+                          __global const float* restrict weights, __global const int* restrict ids,
+                          __global const float* restrict bounds, const int count, const int k, const int first_pos,
+                          const int n, const float offset, const float sign, const float thr, const int weighted,
+                          __global float* restrict hv, __global int* restrict hi, __global int* restrict fresh,
+                          __global int* restrict picks, __global float* restrict gains, __global int* restrict evals) {
+    if (get_global_id(0) != 0) return;
+    for (int t = 0; t < count; ++t) {
+        hv[t] = bounds[t];
+        hi[t] = ids[t];
+        fresh[ids[t]] = 0;
+    }
+    for (int p = count / 2 - 1; p >= 0; --p) sel_heap_down(hv, hi, count, p);
+    int size = count;
+    int ev = 0;
+    for (int step = 0; step < k; ++step) {
+        for (;;) {
+            const int j = hi[0];
+            const __global float* row = S + (size_t)j * n;
+            if (fresh[j] == step) {
+                picks[step] = j;
+                gains[step] = hv[0];
+                --size;
+                hv[0] = hv[size];
+                hi[0] = hi[size];
+                if (size > 0) sel_heap_down(hv, hi, size, 0);
+                for (int i0 = 0; i0 < n; i0 += 16)
+                    sel_fl_cover16(row, best, assign, i0, first_pos + step, n, offset, sign, thr);
+                break;
+            }
+            hv[0] = sel_fl_gain(row, best, weights, n, offset, sign, thr, weighted);
+            fresh[j] = step;
+            ++ev;
+            sel_heap_down(hv, hi, size, 0);
+        }
+    }
+    evals[0] = ev;
+}
+
+/* Stochastic greedy, k picks in one launch (one work-item). Step t evaluates the available candidates (avail[j] != 0)
+ * whose ranks among the available ones, in increasing id order, are positions[t * stride + q], q < counts[t]
+ * (strictly increasing; the host draws them), and picks the first maximum (the lowest id on ties), exactly as the
+ * host loop over the sorted sample. Writes picks, gains and updates avail, best, assign (positions first_pos + t).
+ * NDRange: (1), (1). */
+__kernel void sel_fl_stochastic(__global const float* restrict S, __global float* restrict best,
+                                __global int* restrict assign, __global const float* restrict weights,
+                                __global int* restrict avail, __global const int* restrict positions,
+                                __global const int* restrict counts, const int stride, const int m, const int k,
+                                const int first_pos, const int n, const float offset, const float sign,
+                                const float thr, const int weighted, __global int* restrict picks,
+                                __global float* restrict gains) {
+    if (get_global_id(0) != 0) return;
+    for (int step = 0; step < k; ++step) {
+        const __global int* pos = positions + (size_t)step * stride;
+        const int cnt = counts[step];
+        float top = -INFINITY;
+        int arg = -1;
+        int rank = 0;
+        int q = 0;
+        for (int j = 0; j < m && q < cnt; ++j) {
+            if (!avail[j]) continue;
+            if (rank == pos[q]) {
+                const float g = sel_fl_gain(S + (size_t)j * n, best, weights, n, offset, sign, thr, weighted);
+                if (arg < 0 || g > top) {
+                    top = g;
+                    arg = j;
+                }
+                ++q;
+            }
+            ++rank;
+        }
+        picks[step] = arg;
+        gains[step] = top;
+        if (arg < 0) continue;
+        avail[arg] = 0;
+        const __global float* row = S + (size_t)arg * n;
+        for (int i0 = 0; i0 < n; i0 += 16) sel_fl_cover16(row, best, assign, i0, first_pos + step, n, offset, sign, thr);
     }
 }
 

@@ -19,6 +19,7 @@ runs both (``nessa demo``) exposes them together; :func:`start_metrics_server` s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
@@ -49,6 +50,7 @@ __all__ = [
     "TRAINER_LOSS",
     "TRAINER_SAMPLES",
     "TRAINER_SUBSET_SIZE",
+    "initialize_storage_series",
     "start_metrics_server",
 ]
 
@@ -180,6 +182,20 @@ TRAINER_SUBSET_SIZE = Gauge(
     "Samples the trainer trained on in its latest epoch (the subset's size; the dataset's for full data).",
     ["dataset"],
 )
+
+
+def initialize_storage_series(methods: Iterable[str], engines: Iterable[str]) -> None:
+    """Create the daemon's per-method and per-engine series at zero before the first call.
+
+    Prometheus's ``increase()``/``rate()`` need a series to exist before it changes: a series born at its final
+    value (every selection of a short run landing between two scrapes) shows no increase. Touching the known label
+    values at startup, as the Prometheus instrumentation guide advises, makes the first selection count.
+    """
+    for method in methods:
+        SELECTION_DURATION.labels(method=method)
+    for engine in engines:
+        PROXY_FORWARD_DURATION.labels(engine=engine)
+        PROXY_FORWARD_SAMPLES.labels(engine=engine)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> WSGIServer:

@@ -607,7 +607,7 @@ def finite_points(result: list[dict[str, Any]]) -> int:
 # The compose knobs the local run turns down so it fits a CI runner: a small dataset, a few short epochs.
 SMALL = {
     "NESSA_INGEST_ARGS": "--num-samples 20000 --quiet",
-    "NESSA_EPOCHS": "6",
+    "NESSA_EPOCHS": "30",  # long enough to span several 5 s scrapes, so every rate() panel has data
     "NESSA_FRACTION": "0.2",
     "NESSA_TOKEN": "local-stack-token",
     "NESSA_METRICS_LINGER": "6",
@@ -726,6 +726,12 @@ def test_compose_stack_as_local_processes(tmp_path: Path) -> None:
         report_path = Path(local.token(flag(trainer["command"], "--report")))
         report = json.loads(report_path.read_text())
         epochs = int(flag(trainer["command"], "--epochs"))
+        interval = seconds(yaml.safe_load(PROMETHEUS_YML.read_text())["global"]["scrape_interval"])
+        trained = sum(float(e["epoch_seconds"]) for e in report["epochs"])
+        assert trained >= 2 * interval, (
+            f"the trainer's epochs took {trained:.1f} s, under two {interval:g} s scrape intervals: the rate() "
+            "panels cannot have data; raise NESSA_EPOCHS in SMALL"
+        )
         assert len(report["epochs"]) == epochs
 
         # Both processes' scrapes pass promtool's linter.

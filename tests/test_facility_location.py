@@ -99,6 +99,20 @@ def test_stochastic_greedy_is_seeded_and_samples_the_stated_size() -> None:
     assert a.stats["gain_evaluations"] == 20 * sample
 
 
+def test_stochastic_samples_draw_what_the_per_step_choice_draws() -> None:
+    from nessa.selection.facility_location import stochastic_samples
+
+    for m, k, eps in ((400, 20, 0.1), (30, 25, 0.5), (12_050, 3, 0.1)):
+        positions, counts = stochastic_samples(m, k, eps, np.random.default_rng(5))
+        rng = np.random.default_rng(5)
+        sample = math.ceil(m / k * math.log(1 / eps))
+        ids = np.arange(m) * 3 + 1  # any sorted ids: the draw depends only on how many are left
+        for t in range(k):
+            left = ids[t:]
+            want = np.sort(rng.choice(left, size=sample, replace=False)) if left.size > sample else left
+            np.testing.assert_array_equal(left[positions[t, : counts[t]]], want)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_backends_give_the_same_selection(kind: str) -> None:
     for seed in range(4):

@@ -181,6 +181,119 @@ def test_fl_block_candidates_differ_from_ground() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def _naive_picks(block: object, k: int) -> tuple[list[int], list[float]]:
+    """k naive greedy steps through a block's gains / add (the order lazy and device greedy must reproduce)."""
+    picks: list[int] = []
+    gains: list[float] = []
+    for _ in range(k):
+        ids = np.setdiff1d(np.arange(block.m), block.selected)  # type: ignore[attr-defined]
+        g = block.gains(ids)  # type: ignore[attr-defined]
+        b = int(np.argmax(g))
+        gains.append(block.add(int(ids[b]), float(g[b])))  # type: ignore[attr-defined]
+        picks.append(int(ids[b]))
+    return picks, gains
+
+
+@pytest.mark.parametrize("kind", ["max_minus_dist", "exp", "cosine"])
+@pytest.mark.parametrize(("m", "n", "d"), [(37, 37, 3), (53, 53, 129), (13, 41, 6), (1, 1, 2)])
+def test_fl_lazy_greedy_kernel_matches_naive_and_reference(kind: str, m: int, n: int, d: int) -> None:
+    ground, cand = _data(n, m, d, seed=13)
+    cand = None if m == n else cand
+    weights = np.random.default_rng(14).random(n).astype(np.float32)
+    for w, rounded in ((None, False), (weights, False), (None, True)):
+        g = np.round(ground) if rounded else ground  # many exact ties
+        c = None if cand is None else (np.round(cand) if rounded else cand)
+        k = max(1, (m * 2) // 3)
+        naive_block = cl_ops.FacilityLocationBlock(g, c, kind, None, 0.05, w)
+        naive, naive_gains = _naive_picks(naive_block, k)
+        dev = cl_ops.FacilityLocationBlock(g, c, kind, None, 0.05, w)
+        picks, gains, evals = dev.lazy_greedy(k)
+        assert picks.tolist() == naive and gains.tolist() == naive_gains
+        assert m <= evals <= m * k + m
+        np.testing.assert_array_equal(dev.assignment, naive_block.assignment)
+        np.testing.assert_array_equal(dev.best, naive_block.best)
+        assert dev.selected == naive
+        ref_block = ref.FacilityLocationBlock(g, c, kind, None, 0.05, w)
+        ref_picks, ref_gains, _ = ref_block.lazy_greedy(k)
+        assert ref_picks.tolist() == _naive_picks(ref.FacilityLocationBlock(g, c, kind, None, 0.05, w), k)[0]
+        # the backends' float sums differ in the last bits, which may reorder (near-)ties, so compare the value
+        assert ref_block.objective() == pytest.approx(dev.objective(), rel=1e-4, abs=1e-4)
+        np.testing.assert_allclose(np.sort(ref_gains), np.sort(gains), rtol=1e-4, atol=1e-3)
+        for b in (naive_block, dev):
+            b.close()
+
+
+def test_fl_lazy_greedy_continues_after_adds() -> None:
+    x, _ = _data(45, 1, 5, seed=15)
+    a, b = cl_ops.FacilityLocationBlock(x), cl_ops.FacilityLocationBlock(x)
+    for blk in (a, b):
+        blk.add(7)
+        blk.add(30)
+    picks, _, _ = a.lazy_greedy(10)
+    assert picks.tolist() == _naive_picks(b, 10)[0]
+    assert a.selected[:2] == [7, 30] and 7 not in picks and 30 not in picks
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    with pytest.raises(InvalidArgumentError):
+        a.lazy_greedy(45 - 12 + 1)
+    assert a.lazy_greedy(0)[0].size == 0
+
+
+@pytest.mark.parametrize("kind", ["max_minus_dist", "exp"])
+@pytest.mark.parametrize(("m", "n", "d"), [(61, 61, 3), (29, 47, 17)])
+def test_fl_stochastic_greedy_kernel_matches_reference(kind: str, m: int, n: int, d: int) -> None:
+    ground, cand = _data(n, m, d, seed=16)
+    cand = None if m == n else cand
+    weights = np.random.default_rng(17).random(n).astype(np.float32)
+    k = m - 3
+    rng = np.random.default_rng(18)
+    sample = 7
+    positions = np.full((k, sample), -5, dtype=np.int64)
+    counts = np.zeros(k, dtype=np.int64)
+    for t in range(k):
+        c = min(sample, m - t)
+        positions[t, :c] = np.sort(rng.choice(m - t, size=c, replace=False))
+        counts[t] = c
+    for w in (None, weights):
+        dev = cl_ops.FacilityLocationBlock(ground, cand, kind, None, 0.0, w)
+        rb = ref.FacilityLocationBlock(ground, cand, kind, None, 0.0, w)
+        picks, gains, evals = dev.stochastic_greedy(positions, counts)
+        ref_picks, ref_gains, ref_evals = rb.stochastic_greedy(positions, counts)
+        np.testing.assert_array_equal(picks, ref_picks)
+        np.testing.assert_allclose(gains, ref_gains, rtol=1e-5, atol=1e-4)
+        assert evals == ref_evals == counts.sum() and len(set(picks.tolist())) == k
+        np.testing.assert_array_equal(dev.assignment, rb.assignment)
+        # the same picks as the host loop over the gains of each step's sample
+        host = cl_ops.FacilityLocationBlock(ground, cand, kind, None, 0.0, w)
+        avail = np.ones(m, dtype=bool)
+        for t in range(k):
+            ids = np.flatnonzero(avail)[positions[t, : counts[t]]]
+            g = host.gains(ids)
+            j = int(ids[int(np.argmax(g))])
+            assert j == picks[t] and float(g.max()) == gains[t]
+            host.add(j)
+            avail[j] = False
+        for blk in (dev, host):
+            blk.close()
+
+
+@pytest.mark.parametrize("ops", [cl_ops, ref], ids=["opencl", "numpy"])
+def test_stochastic_samples_are_checked(ops: object) -> None:
+    block = ops.FacilityLocationBlock(_data(6, 1, 2)[0])  # type: ignore[attr-defined]
+    ok = np.array([[0, 2], [1, 4]])
+    for pos, cnt in (
+        (ok, [2]),  # shape
+        (ok, [0, 1]),  # empty sample
+        (ok, [2, 3]),  # count over the width
+        (np.array([[0, 6], [0, 1]]), [2, 2]),  # rank past the candidates left
+        (np.array([[2, 2], [0, 1]]), [2, 2]),  # not strictly increasing
+        (np.zeros((7, 1)), np.ones(7)),  # more steps than candidates
+    ):
+        with pytest.raises(InvalidArgumentError):
+            block.stochastic_greedy(pos, cnt)  # type: ignore[attr-defined]
+    picks, _, evals = block.stochastic_greedy(np.array([[0, 5], [4, -1]]), [2, 1])  # type: ignore[attr-defined]
+    assert picks.size == 2 and evals == 3
+
+
 @pytest.mark.parametrize("ops", [cl_ops, ref], ids=["opencl", "numpy"])
 def test_bad_inputs_raise_invalid_argument(ops: object) -> None:
     good = np.ones((3, 4), dtype=np.float32)

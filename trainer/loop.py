@@ -401,6 +401,11 @@ class Trainer:
             from nessa.metrics import start_metrics_server
 
             self._metrics_server = start_metrics_server(cfg.metrics_port)
+            # Series exist at zero from the first scrape, so rate()/increase() see the first epoch's change.
+            for dataset in (cfg.dataset, cfg.test_dataset):
+                for kind in ("samples", "metadata"):
+                    TRAINER_BYTES_RECEIVED.labels(dataset=dataset, kind=kind)
+            TRAINER_SAMPLES.labels(dataset=cfg.dataset)
 
     def _bytes_delta(self) -> tuple[int, int]:
         """Bytes received and sent since the last call (the client counts across threads)."""

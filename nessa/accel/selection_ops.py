@@ -8,7 +8,9 @@ validated on the host before anything is launched (empty inputs, mismatched dime
 Facility location (:class:`FacilityLocationBlock`): the (m, n) block of *values* (distances for CRAIG's
 M − ‖·‖, exp(−‖·‖/D), or cosines) is computed once by the tiled ``sel_pairwise`` kernel and stays on the device
 across greedy steps, together with the per-element best similarity and nearest pick. ``gains`` uploads only the
-candidate ids and reads back one float per candidate; ``add`` launches one coverage-update kernel and reads nothing.
+candidate ids and reads back one float per candidate; ``add`` launches one coverage-update kernel and reads nothing;
+``lazy_greedy`` / ``stochastic_greedy`` make all k picks in one single-work-item launch (no host round trip per pick,
+which on PoCL costs far more than a gain evaluation).
 The similarity transform (M − d, the threshold) is applied on the fly inside those kernels, so CRAIG's M, which is
 the block's max distance and so known only after the block pass, costs no second pass. Memory is m·n·4 bytes per
 block; :func:`nessa.selection.facility_location.maximize` keeps m, n ≤ ``block_size`` (GreeDi above it), and
@@ -517,6 +519,8 @@ class FacilityLocationBlock:
             np.float32(sign), np.float32(self.threshold),
         )  # fmt: skip
         self._add_global = (round_up(-(-self.n // 16), GL),)
+        self._tail = (np.int32(self.n), np.float32(offset), np.float32(sign), np.float32(self.threshold),
+                      np.int32(weights is not None))  # fmt: skip
         self.selected: list[int] = []
         self._is_selected = np.zeros(self.m, dtype=bool)
 
@@ -559,6 +563,87 @@ class FacilityLocationBlock:
         self.selected.append(jj)
         self._is_selected[jj] = True
         return g
+
+    def _greedy_start(self, k: Any, limit: int) -> int:
+        if not _ref.is_int(k) or not 0 <= int(k) <= limit:
+            raise InvalidArgumentError(f"k={k!r} must be an int in [0, {limit}] (the candidates not yet selected)")
+        return int(k)
+
+    def _greedy_finish(self, picks_buf: cl.Buffer, gains_buf: cl.Buffer, k: int) -> tuple[np.ndarray, np.ndarray]:
+        picks = np.empty(k, dtype=np.int32)
+        gains = np.empty(k, dtype=np.float32)
+        cl.enqueue_copy(self._queue, gains, gains_buf, is_blocking=False)
+        cl.enqueue_copy(self._queue, picks, picks_buf, is_blocking=True)
+        self.selected.extend(int(j) for j in picks)
+        self._is_selected[picks] = True
+        return picks.astype(np.int64), gains
+
+    def lazy_greedy(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """``k`` lazy-greedy picks among the unselected candidates, all on the device (``sel_fl_lazy``, one launch).
+
+        The same picks, in the same order, as ``k`` naive greedy steps over :meth:`gains` / :meth:`add` (ties: the
+        lowest id); the reference is :meth:`nessa.accel.reference.selection.FacilityLocationBlock.lazy_greedy`.
+
+        Returns:
+            ``(picks int64 (k,), gains float32 (k,), gain evaluations)``; the picks are added to the block.
+        """
+        ids = np.flatnonzero(~self._is_selected).astype(np.int32)
+        k = self._greedy_start(k, ids.size)
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
+        rt, count, q = self._rt, ids.size, self._queue
+        work = [_empty(rt, count * 4), _empty(rt, count * 4), _empty(rt, self.m * 4), _empty(rt, k * 4),
+                _empty(rt, k * 4), _empty(rt, 4)]  # fmt: skip
+        hv, hi, fresh, picks_buf, gains_buf, evals_buf = work
+        try:
+            cl.enqueue_copy(q, self._ids, ids, is_blocking=False)
+            self._k_gains.set_arg(4, np.int32(count))
+            cl.enqueue_nd_range_kernel(q, self._k_gains, (round_up(count, 8),), (8,))
+            n, offset, sign, thr, weighted = self._tail
+            _kernel("sel_fl_lazy")(
+                q, (1,), (1,), self._s, self._best, self._assign, self._w, self._ids, self._out, np.int32(count),
+                np.int32(k), np.int32(len(self.selected)), n, offset, sign, thr, weighted, hv, hi, fresh, picks_buf,
+                gains_buf, evals_buf,
+            )  # fmt: skip
+            evals = np.empty(1, dtype=np.int32)
+            cl.enqueue_copy(q, evals, evals_buf, is_blocking=False)
+            picks, gains = self._greedy_finish(picks_buf, gains_buf, k)
+        finally:
+            for buf in work:
+                buf.release()
+        return picks, gains, count + int(evals[0])
+
+    def stochastic_greedy(self, positions: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Stochastic-greedy picks on the device (``sel_fl_stochastic``, one launch) from host-drawn samples.
+
+        Step t evaluates the unselected candidates whose ranks among the unselected ones (in increasing id order)
+        are ``positions[t, :counts[t]]`` (strictly increasing) and picks the best (ties: the lowest id); the
+        reference is :meth:`nessa.accel.reference.selection.FacilityLocationBlock.stochastic_greedy`.
+
+        Returns:
+            ``(picks int64 (k,), gains float32 (k,), gain evaluations)``; the picks are added to the block.
+        """
+        pos, cnt = _ref.check_stochastic_samples(positions, counts, self.m - len(self.selected))
+        k = cnt.size
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
+        rt, q = self._rt, self._queue
+        avail = (~self._is_selected).astype(np.int32)
+        avail_dev = cl.Buffer(rt.context, _MF.READ_WRITE | _MF.COPY_HOST_PTR, hostbuf=avail)
+        work = [avail_dev, _to_device(rt, pos), _to_device(rt, cnt), _empty(rt, k * 4), _empty(rt, k * 4)]
+        avail_buf, pos_buf, cnt_buf, picks_buf, gains_buf = work
+        try:
+            n, offset, sign, thr, weighted = self._tail
+            _kernel("sel_fl_stochastic")(
+                q, (1,), (1,), self._s, self._best, self._assign, self._w, avail_buf, pos_buf, cnt_buf,
+                np.int32(pos.shape[1]), np.int32(self.m), np.int32(k), np.int32(len(self.selected)), n, offset, sign,
+                thr, weighted, picks_buf, gains_buf,
+            )  # fmt: skip
+            picks, gains = self._greedy_finish(picks_buf, gains_buf, k)
+        finally:
+            for buf in work:
+                buf.release()
+        return picks, gains, int(cnt.sum())
 
     @property
     def best(self) -> np.ndarray:

@@ -12,11 +12,14 @@ of :mod:`nessa.accel.reference.selection` (CRAIG's M − ‖·‖, submodlib's e
   50,000 elements.
 * **Ours.** The similarity block is computed once per ground set **on the device** (OpenCL kernels, or the numpy
   reference when asked) and stays there across greedy steps (:class:`FacilityLocationBlock` of the backend);
-  the host only keeps the heap. Lazy greedy re-evaluates stale candidates in *batches* (1, 2, 4, … per round, one
-  kernel launch each) and accepts the heap top only when its gain is fresh, so the order is **exactly** the naive
-  greedy order: every gain is computed by the same fixed-order reduction whatever the batch, coverage only grows,
-  so a stale gain is a true float upper bound, and ties go to the lowest index in both. Above ``block_size``
-  elements we run two-round GreeDi on random parts of ≤ ``block_size`` (memory O(n·d + block²), no n×n matrix);
+  lazy and stochastic greedy run **entirely on the device**, k picks per launch (``block.lazy_greedy`` /
+  ``block.stochastic_greedy``; naive greedy drives ``gains`` / ``add`` from the host). Lazy greedy keeps a heap of
+  bounds and accepts the top only when its gain is fresh, so the order is **exactly** the naive greedy order: every
+  gain is computed by the same fixed-order reduction, coverage only grows, so a stale gain is a true float upper
+  bound, and ties go to the lowest index in both. Stochastic greedy's samples are drawn on the host up front
+  (:func:`stochastic_samples`, the same draws as a per-step ``rng.choice``) as ranks among the candidates left.
+  Above ``block_size`` elements we run two-round GreeDi on random parts of ≤ ``block_size`` (memory
+  O(n·d + block²), no n×n matrix);
   when the stage-1 union would itself exceed ``block_size`` (k per part is too many), the budget is instead split
   over the parts in proportion to their sizes and the per-part greedy orders are interleaved ("partitioned"). In
   both cases the final assignment, cluster sizes and objective are computed over all n elements against the chosen
@@ -54,16 +57,13 @@ __all__ = [
     "interleave_positions",
     "maximize",
     "mean_one_weights",
+    "stochastic_samples",
 ]
 
 #: Greedy variants understood by :func:`maximize`.
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 #: Cluster-size rules (see the module docstring).
 WEIGHT_RULES = ("craig", "submodlib")
-#: Stale candidates re-evaluated in the first batch of a lazy step (then 2×, 4×, … up to 256× per round). A batch
-#: costs one kernel launch (~30 µs on PoCL) while one gain costs ~0.5 µs per 5,000 elements, so re-evaluating a few
-#: more than strictly needed is cheaper than more launches; the result is the same for any batch size.
-LAZY_FIRST_BATCH = 16
 
 
 class _Block(Protocol):
@@ -74,6 +74,10 @@ class _Block(Protocol):
     def gains(self, candidate_ids: Any) -> np.ndarray: ...
 
     def add(self, j: int, gain: float | None = None) -> float: ...
+
+    def lazy_greedy(self, k: int) -> tuple[np.ndarray, np.ndarray, int]: ...
+
+    def stochastic_greedy(self, positions: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]: ...
 
     @property
     def best(self) -> np.ndarray: ...
@@ -181,55 +185,29 @@ def _naive(block: _Block, k: int) -> tuple[list[int], list[float], int]:
     return picks, gains, evals
 
 
-def _lazy(block: _Block, k: int, first_batch: int = LAZY_FIRST_BATCH) -> tuple[list[int], list[float], int]:
-    m = block.m
-    bound = block.gains(np.arange(m)).astype(np.float64)  # exact at step 0, upper bounds afterwards
-    evals = m
-    fresh = np.zeros(m, dtype=np.int64)  # the step at which bound[j] was computed
-    picks: list[int] = []
-    gains: list[float] = []
-    for step in range(k):
-        batch = first_batch
-        while True:
-            j = int(np.argmax(bound))  # the largest bound, lowest index on ties
-            if fresh[j] == step:
-                g = float(bound[j])
-                gains.append(block.add(j, g))
-                picks.append(j)
-                bound[j] = -np.inf
-                break
-            # re-evaluate the `batch` largest bounds (a fresh one among them is recomputed unchanged)
-            live = m - step
-            take = min(batch, live)
-            top = np.argpartition(-bound, take - 1)[:take] if take < m else np.arange(m)
-            top = top[np.isfinite(bound[top])]
-            fresh_gains = block.gains(top)
-            evals += top.size
-            bound[top] = fresh_gains
-            fresh[top] = step
-            batch = min(batch * 2, 256)
-    return picks, gains, evals
+def stochastic_samples(m: int, k: int, epsilon: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic greedy's samples for ``k`` steps over ``m`` candidates, drawn up front.
 
+    Step t samples ceil((m/k)·ln(1/ε)) of the m − t candidates left, without replacement, as sorted ranks among
+    them (all of them when no more are left). ``rng.choice`` draws the same numbers for a population of a given size
+    whatever its values, so this is the same sample as drawing ``rng.choice(available_ids, …)`` at every step.
 
-def _stochastic(block: _Block, k: int, epsilon: float, rng: np.random.Generator) -> tuple[list[int], list[float], int]:
-    m = block.m
+    Returns:
+        ``(positions int32 (k, s), counts int32 (k,))`` for the blocks' ``stochastic_greedy``.
+    """
     sample = max(1, math.ceil((m / k) * math.log(1.0 / epsilon)))
-    avail = np.ones(m, dtype=bool)
-    picks: list[int] = []
-    gains: list[float] = []
-    evals = 0
-    for _ in range(k):
-        ids = np.flatnonzero(avail)
-        if ids.size > sample:
-            ids = np.sort(rng.choice(ids, size=sample, replace=False))
-        g = block.gains(ids)
-        evals += ids.size
-        b = int(np.argmax(g))
-        j = int(ids[b])
-        gains.append(block.add(j, float(g[b])))
-        picks.append(j)
-        avail[j] = False
-    return picks, gains, evals
+    width = min(sample, m)
+    positions = np.zeros((k, width), dtype=np.int32)
+    counts = np.zeros(k, dtype=np.int32)
+    for t in range(k):
+        left = m - t
+        if left > sample:
+            positions[t] = np.sort(rng.choice(left, size=sample, replace=False))
+            counts[t] = sample
+        else:
+            positions[t, :left] = np.arange(left)
+            counts[t] = left
+    return positions, counts
 
 
 def greedy(
@@ -247,12 +225,15 @@ def greedy(
     Returns:
         ``(picks int64, gains float64, gain evaluations)``.
     """
+    picks: Any
+    gains: Any
     if optimizer == "naive":
         picks, gains, evals = _naive(block, k)
     elif optimizer == "lazy":
-        picks, gains, evals = _lazy(block, k)
+        picks, gains, evals = block.lazy_greedy(k)
     elif optimizer == "stochastic":
-        picks, gains, evals = _stochastic(block, k, epsilon, np.random.default_rng(seed))
+        positions, counts = stochastic_samples(block.m, k, epsilon, np.random.default_rng(seed))
+        picks, gains, evals = block.stochastic_greedy(positions, counts)
     else:
         raise InvalidArgumentError(f"unknown optimizer {optimizer!r}; use one of {list(OPTIMIZERS)}")
     return np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), evals

@@ -29,7 +29,9 @@ from nessa.services.storage.selections import EnginePool, SelectionService, Sele
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 
 from nessa.errors import FailedPreconditionError
-from nessa.metrics import start_metrics_server
+from nessa.metrics import initialize_storage_series, start_metrics_server
+from nessa.proxy.engine import BACKENDS
+from nessa.selection import available
 from nessa.v1 import storage_pb2
 
 __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
@@ -86,6 +88,7 @@ class StorageDaemon:
             FailedPreconditionError: the port cannot be bound.
         """
         cfg = self.config
+        initialize_storage_series(available(), BACKENDS)
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
         interceptors: list[grpc.ServerInterceptor] = []

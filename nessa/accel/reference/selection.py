@@ -29,6 +29,7 @@ __all__ = [
     "check_features",
     "check_kind",
     "check_pair",
+    "check_stochastic_samples",
     "cosine_similarity",
     "cross_covariance",
     "group_topk",
@@ -401,6 +402,69 @@ class FacilityLocationBlock:
         self.selected.append(jj)
         return g
 
+    def lazy_greedy(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """``k`` lazy-greedy picks among the unselected candidates (the reference of ``sel_fl_lazy``).
+
+        Exactly the order of ``k`` naive greedy steps (argmax of :meth:`gains`, ties: the lowest id): stale gains are
+        upper bounds (coverage only grows, every term shrinks), and a bound is accepted only when fresh. Stale bounds
+        are re-evaluated in batches of 16, 32, … 256 largest.
+
+        Returns:
+            ``(picks int64 (k,), gains float32 (k,), gain evaluations)``; the picks are added to the block.
+        """
+        avail = np.ones(self.m, dtype=bool)
+        avail[self.selected] = False
+        ids = np.flatnonzero(avail)
+        if not is_int(k) or not 0 <= int(k) <= ids.size:
+            raise InvalidArgumentError(f"k={k!r} must be an int in [0, {ids.size}] (the candidates not yet selected)")
+        bound = np.full(self.m, -np.inf)
+        bound[ids] = self.gains(ids)  # exact now, upper bounds afterwards
+        evals = ids.size
+        fresh = np.zeros(self.m, dtype=np.int64)  # the step at which bound[j] was computed
+        picks: list[int] = []
+        gains: list[float] = []
+        for step in range(int(k)):
+            batch = 16
+            while True:
+                j = int(np.argmax(bound))  # the largest bound, lowest index on ties
+                if fresh[j] == step:
+                    gains.append(self.add(j, float(bound[j])))
+                    picks.append(j)
+                    bound[j] = -np.inf
+                    break
+                take = min(batch, self.m)
+                top = np.argpartition(-bound, take - 1)[:take] if take < self.m else np.arange(self.m)
+                top = top[np.isfinite(bound[top])]
+                bound[top] = self.gains(top)
+                evals += top.size
+                fresh[top] = step
+                batch = min(batch * 2, 256)
+        return np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float32), evals
+
+    def stochastic_greedy(self, positions: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Stochastic-greedy picks from drawn samples (the reference of ``sel_fl_stochastic``).
+
+        Step t evaluates the unselected candidates whose ranks among the unselected ones (in increasing id order)
+        are ``positions[t, :counts[t]]`` (strictly increasing) and picks the best (ties: the lowest id).
+
+        Returns:
+            ``(picks int64 (k,), gains float32 (k,), gain evaluations)``; the picks are added to the block.
+        """
+        avail = np.ones(self.m, dtype=bool)
+        avail[self.selected] = False
+        pos, cnt = check_stochastic_samples(positions, counts, int(avail.sum()))
+        picks: list[int] = []
+        gains: list[float] = []
+        for t in range(cnt.size):
+            ids = np.flatnonzero(avail)[pos[t, : cnt[t]]]
+            g = self.gains(ids)
+            b = int(np.argmax(g))
+            j = int(ids[b])
+            gains.append(self.add(j, float(g[b])))
+            picks.append(j)
+            avail[j] = False
+        return np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float32), int(cnt.sum())
+
     @property
     def coverage(self) -> np.ndarray:
         """max(0, best similarity to S) per ground element, float32 (n,)."""
@@ -424,6 +488,41 @@ class FacilityLocationBlock:
     def close(self) -> None:
         """Release the block's memory."""
         self._s = np.zeros((0, 0), dtype=np.float32)
+
+
+def check_stochastic_samples(positions: Any, counts: Any, available: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate stochastic-greedy samples for a block with ``available`` unselected candidates.
+
+    Args:
+        positions: (k, s) ranks among the unselected candidates; row t's first ``counts[t]`` are strictly
+            increasing and below ``available - t`` (the rest is ignored).
+        counts: (k,) sample sizes, >= 1.
+        available: the candidates not yet selected (m at the start).
+
+    Returns:
+        ``(positions int32 (k, s) contiguous, counts int32 (k,))``.
+
+    Raises:
+        InvalidArgumentError: shapes, sizes or ranks out of range, or more steps than candidates.
+    """
+    pos = np.ascontiguousarray(positions, dtype=np.int64)
+    cnt = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
+    k = cnt.size
+    if pos.ndim != 2 or pos.shape[0] != k or (k and pos.shape[1] < 1):
+        raise InvalidArgumentError(f"positions must be (k, s) with k = len(counts) = {k}; got {pos.shape}")
+    if k > available:
+        raise InvalidArgumentError(f"{k} steps exceed the {available} candidates not yet selected")
+    if k:
+        if cnt.min() < 1 or cnt.max() > pos.shape[1]:
+            raise InvalidArgumentError(f"counts must be in [1, {pos.shape[1]}]")
+        cols = np.arange(pos.shape[1])[None, :]
+        used = cols < cnt[:, None]
+        limit = (available - np.arange(k))[:, None]
+        if (used & ((pos < 0) | (pos >= limit))).any():
+            raise InvalidArgumentError("sample ranks must be in [0, candidates left at that step)")
+        if (used[:, 1:] & (np.diff(pos, axis=1) <= 0)).any():
+            raise InvalidArgumentError("sample ranks must be strictly increasing within a step")
+    return pos.astype(np.int32), cnt.astype(np.int32)
 
 
 def _check_weights(weights: Any, n: int) -> np.ndarray | None:
