@@ -164,6 +164,9 @@ def test_report_times_against_full_minus_one_point_and_says_who_wins(tmp_path: P
     assert by["craig"]["final_accuracy"] == 0.92 and by["craig"]["best_accuracy"] == 0.94
     assert any("craig does NOT beat random" in f for f in report["findings"])
     assert any("random did not reach" in f for f in report["findings"])
+    assert any("craig reached 94.00% after 4.0 s, 7.50x faster than full data" in f for f in report["findings"])
+    slow = build_report([results[0], _run("crest", 0.1, [0.5, 0.6, 0.94], 20.0, 100)])
+    assert any("crest reached 94.00% after 60.0 s, 2.00x slower than full data" in f for f in slow["findings"])
     for key in (
         "method",
         "fraction",

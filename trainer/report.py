@@ -182,10 +182,9 @@ def _findings(methods: list[dict[str, Any]], target: float) -> list[str]:
         if ttt is None:
             out.append(f"{m['method']} did not reach the target accuracy {target * 100:.2f}%")
         elif m["time_to_target_speedup_vs_full"] is not None:
-            out.append(
-                f"{m['method']} reached {target * 100:.2f}% after {ttt:.1f} s, "
-                f"{m['time_to_target_speedup_vs_full']:.2f}x faster than full data"
-            )
+            speedup = float(m["time_to_target_speedup_vs_full"])
+            than_full = f"{speedup:.2f}x faster than" if speedup >= 1 else f"{1 / speedup:.2f}x slower than"
+            out.append(f"{m['method']} reached {target * 100:.2f}% after {ttt:.1f} s, {than_full} full data")
     return out
 
 
