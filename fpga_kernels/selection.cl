@@ -9,8 +9,9 @@
  * offset + sign * value, set to 0 when below thr: max_minus_dist is offset M, sign -1; exp and cosine are offset 0,
  * sign 1; k-means is offset 0, sign -1, thr -inf (argmax of -||a-b||^2).
  *
- * Two pairwise-block kernels: sel_pairwise (register-blocked: each work-item computes an 8 x 8 block of outputs with
- * float8 rows of B transposed, no barriers in the inner loop; what CPUs (PoCL) and GPUs run) and
+ * Two pairwise-block kernels: sel_pairwise (register-blocked: each work-item computes an 8 x 32 block of dot products
+ * from A and B packed by sel_pack_panels, then distances from the row norms, no barriers in the inner loop; what CPUs
+ * (PoCL) and GPUs run) and
  * sel_pairwise_tiled (classic local-memory tiles of SEL_TS x SEL_TS; what the FPGA build uses, where __local arrays
  * become on-chip RAM). Every global size is rounded up and every work-item checks its bounds, so any size works.
  * Every reduction runs in a fixed order, so a result does not depend on which other items were computed in the same
@@ -19,7 +20,10 @@
 
 #define SEL_TS 16
 #define SEL_GL 64
-#define SEL_RB 8 /* rows (and float8 columns) of the register block */
+#define SEL_RB 8 /* rows of the register block (and of sel_argmax_sim's block) */
+#ifndef SEL_CB
+#define SEL_CB 2 /* float16 columns of sel_pairwise's register block */
+#endif
 
 #define SEL_MODE_SQDIST 0
 #define SEL_MODE_DIST 1
@@ -105,6 +109,12 @@ inline float8 sel_transform8(const float8 v, const float offset, const float sig
     return select(s, (float8)(0.0f), isless(s, (float8)(thr)));
 }
 
+inline float16 sel_value16(const float16 acc, const int mode, const float param) {
+    if (mode == SEL_MODE_SQDIST || mode == SEL_MODE_DOT) return acc;
+    if (mode == SEL_MODE_DIST) return sqrt(acc);
+    return exp(-sqrt(acc) / param);
+}
+
 inline float16 sel_transform16(const float16 v, const float offset, const float sign, const float thr) {
     const float16 s = offset + sign * v;
     return select(s, (float16)(0.0f), isless(s, (float16)(thr)));
@@ -148,39 +158,108 @@ inline void sel_block8(__global const float* A, __global const float* Bt, const 
     }
 }
 
-/* out[i, j] = similarity(A[i], B[j]) for i < m, j < n, from A (m x d) and Bt = B transposed and padded
- * (d x n_pad); group_max[group] = max value (before the transform) over the group's valid entries (the host reduces
- * it to CRAIG's M). Each work-item computes an SEL_RB x 8 block. NDRange: (round_up(n_pad / 8, 8),
- * round_up(ceil(m / SEL_RB), 8)), local (8, 8). */
+/* Panels for sel_pairwise: P[(p * d + k) * w + c] = X[p * w + c, k] for rows < n, 0 for the padding rows up to
+ * n_pad (a multiple of w), i.e. X cut into groups of w rows, each stored transposed (d x w) and contiguous; and
+ * norms[r] = sum_k X[r, k]^2 accumulated by fma in k order, the same order sel_pairwise accumulates its dot products
+ * in, so that a row's distance to itself comes out exactly 0. NDRange: round_up(n_pad, GL). */
+__kernel void sel_pack_panels(__global const float* restrict X, __global float* restrict P,
+                              __global float* restrict norms, const int n, const int d, const int w, const int n_pad) {
+    const int r = get_global_id(0);
+    if (r >= n_pad) return;
+    const int p = r / w;
+    const int c = r - p * w;
+    __global float* dst = P + (size_t)p * d * w + c;
+    float acc = 0.0f;
+    if (r < n) {
+        const __global float* src = X + (size_t)r * d;
+        for (int k = 0; k < d; ++k) {
+            const float v = src[k];
+            dst[(size_t)k * w] = v;
+            acc = fma(v, v, acc);
+        }
+    } else {
+        for (int k = 0; k < d; ++k) dst[(size_t)k * w] = 0.0f;
+    }
+    norms[r] = acc;
+}
+
+/* out[i, j] = similarity(A[i], B[j]) for i < m, j < n, from Ap = A packed in panels of SEL_RB rows and Bp = B packed
+ * in panels of 16 rows (sel_pack_panels; m_pad, n_pad their padded row counts) with their squared norms; the
+ * distances come from the dot products, ||a||^2 + ||b||^2 - 2 a.b clamped at 0. group_max[group] = max value (before
+ * the transform) over the group's valid entries (the host reduces it to CRAIG's M). Each work-item computes an
+ * SEL_RB x (16 * SEL_CB) block, holding its accumulators in registers with no barriers in the inner loop.
+ * NDRange: (round_up(ceil(n_pad / (16 * SEL_CB)), 8), round_up(m_pad / SEL_RB, 8)), local (8, 8). */
 __attribute__((reqd_work_group_size(8, 8, 1)))
-__kernel void sel_pairwise(__global const float* restrict A, __global const float* restrict Bt, __global float* restrict out,
-                  const int m, const int n, const int n_pad, const int d, const int mode, const float param,
-                  const float offset, const float sign, const float thr, __global float* restrict group_max) {
+__kernel void sel_pairwise(__global const float* restrict Ap, __global const float* restrict Bp,
+                           __global const float* restrict an, __global const float* restrict bn,
+                           __global float* restrict out, const int m, const int n, const int n_pad, const int d,
+                           const int mode, const float param, const float offset, const float sign, const float thr,
+                           __global float* restrict group_max) {
     __local float red[64];
-    const int j0 = get_global_id(0) * 8;
-    const int i0 = get_global_id(1) * SEL_RB;
+    const int jp = get_global_id(0) * SEL_CB; /* first B panel */
+    const int ip = get_global_id(1);          /* A panel */
+    const int j0 = jp * 16;
+    const int i0 = ip * SEL_RB;
     float vmax = -INFINITY;
     if (j0 < n && i0 < m) {
-        float8 acc[SEL_RB];
-        sel_block8(A, Bt, m, n_pad, d, mode, i0, j0, acc);
+        float16 acc[SEL_RB][SEL_CB];
+#pragma unroll
+        for (int r = 0; r < SEL_RB; ++r)
+#pragma unroll
+            for (int c = 0; c < SEL_CB; ++c) acc[r][c] = (float16)(0.0f);
+        const int panels = min(SEL_CB, (n_pad >> 4) - jp);
+        const __global float* ap = Ap + (size_t)ip * d * SEL_RB;
+        const __global float16* bp = (const __global float16*)Bp + (size_t)jp * d;
+        if (panels == SEL_CB) {
+            for (int k = 0; k < d; ++k) {
+                float16 b[SEL_CB];
+#pragma unroll
+                for (int c = 0; c < SEL_CB; ++c) b[c] = bp[(size_t)c * d + k];
+#pragma unroll
+                for (int r = 0; r < SEL_RB; ++r) {
+                    const float16 a = (float16)(ap[k * SEL_RB + r]);
+#pragma unroll
+                    for (int c = 0; c < SEL_CB; ++c) acc[r][c] = fma(a, b[c], acc[r][c]);
+                }
+            }
+        } else { /* the last, partial column group: panels < SEL_CB */
+            for (int k = 0; k < d; ++k) {
+                float16 b[SEL_CB];
+#pragma unroll
+                for (int c = 0; c < SEL_CB; ++c) b[c] = c < panels ? bp[(size_t)c * d + k] : (float16)(0.0f);
+#pragma unroll
+                for (int r = 0; r < SEL_RB; ++r) {
+                    const float16 a = (float16)(ap[k * SEL_RB + r]);
+#pragma unroll
+                    for (int c = 0; c < SEL_CB; ++c) acc[r][c] = fma(a, b[c], acc[r][c]);
+                }
+            }
+        }
         const int rows = min(SEL_RB, m - i0);
-        const int cols = min(8, n - j0);
-        for (int r = 0; r < rows; ++r) {
-            const float8 v = sel_value8(acc[r], mode, param);
-            const float8 s = sel_transform8(v, offset, sign, thr);
-            __global float* o = out + (size_t)(i0 + r) * n + j0;
-            if (cols == 8) {
-                vstore8(s, 0, o);
-                const float4 h = fmax(v.lo, v.hi);
-                vmax = fmax(vmax, fmax(fmax(h.s0, h.s1), fmax(h.s2, h.s3)));
-            } else {
-                float ts[8];
-                float tv[8];
-                vstore8(s, 0, ts);
-                vstore8(v, 0, tv);
-                for (int c = 0; c < cols; ++c) {
-                    o[c] = ts[c];
-                    vmax = fmax(vmax, tv[c]);
+        for (int c = 0; c < SEL_CB; ++c) {
+            const int jc = j0 + c * 16;
+            if (jc >= n) break;
+            const int cols = min(16, n - jc);
+            const float16 nb = vload16(0, bn + jc);
+            for (int r = 0; r < rows; ++r) {
+                float16 v = acc[r][c];
+                if (mode != SEL_MODE_DOT) v = sel_value16(fmax(fma((float16)(-2.0f), v, an[i0 + r] + nb), 0.0f), mode, param);
+                const float16 s = sel_transform16(v, offset, sign, thr);
+                __global float* o = out + (size_t)(i0 + r) * n + jc;
+                if (cols == 16) {
+                    vstore16(s, 0, o);
+                    const float8 h8 = fmax(v.lo, v.hi);
+                    const float4 h = fmax(h8.lo, h8.hi);
+                    vmax = fmax(vmax, fmax(fmax(h.s0, h.s1), fmax(h.s2, h.s3)));
+                } else {
+                    float ts[16];
+                    float tv[16];
+                    vstore16(s, 0, ts);
+                    vstore16(v, 0, tv);
+                    for (int q = 0; q < cols; ++q) {
+                        o[q] = ts[q];
+                        vmax = fmax(vmax, tv[q]);
+                    }
                 }
             }
         }

@@ -32,6 +32,32 @@ def test_pairwise_sq_dists_matches_reference(m: int, n: int, d: int, variant: st
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * max(1.0, float(want.max())))
 
 
+@pytest.mark.parametrize(("n", "d", "w"), [(37, 3, 8), (53, 129, 16), (1, 1, 16), (16, 10, 16), (8, 5, 8)])
+def test_pack_panels_matches_reference(n: int, d: int, w: int) -> None:
+    x, _ = _data(n, 1, d, seed=4)
+    rt = cl_ops._rt()
+    p_buf, n_buf, n_pad = cl_ops._panels(rt, cl_ops._to_device(rt, x), n, d, w)
+    want_p, want_n = ref.pack_panels(x, w)
+    assert n_pad == want_n.shape[0]
+    got_p = cl_ops._read(rt.queue, p_buf, want_p.shape, np.float32)
+    got_n = cl_ops._read(rt.queue, n_buf, want_n.shape, np.float32)
+    np.testing.assert_array_equal(got_p, want_p)
+    np.testing.assert_allclose(got_n, want_n, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("m", "n", "d"), [(37, 53, 129), (67, 45, 512), (5, 200, 33)])
+def test_pairwise_self_distance_is_exactly_zero(m: int, n: int, d: int) -> None:
+    """The blocked kernel's dot-product form keeps a row's distance to itself at exactly 0 (and never below 0)."""
+    a, b = _data(m, n, d, seed=5)
+    b[: min(m, n)] = a[: min(m, n)] * 3.0
+    a *= 3.0
+    got = cl_ops.pairwise_sq_dists(a, b)
+    diag = np.arange(min(m, n))
+    assert np.all(got[diag, diag] == 0.0) and got.min() >= 0.0
+    want = ref.pairwise_sq_dists(a, b)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(want.max()))
+
+
 @pytest.mark.parametrize(("m", "n", "d"), SHAPES)
 def test_cosine_similarity_matches_reference(m: int, n: int, d: int, variant: str) -> None:
     a, b = _data(m, n, d, seed=1)

@@ -60,6 +60,8 @@ SOURCE = "selection"
 TS = 16  # SEL_TS in selection.cl
 GL = 64  # SEL_GL in selection.cl
 RB = 8  # SEL_RB in selection.cl
+CB = 2  # SEL_CB in selection.cl
+PANEL = 16  # columns of a B panel of sel_pairwise (one float16)
 ENV_PAIRWISE = "NESSA_SEL_PAIRWISE"
 MODE_SQDIST, MODE_DIST, MODE_EXP, MODE_DOT = 0, 1, 2, 3
 _MF = cl.mem_flags
@@ -184,6 +186,17 @@ def _transposed(rt: OpenCLRuntime, buf: cl.Buffer, n: int, d: int) -> tuple[cl.B
     return out, n_pad
 
 
+def _panels(rt: OpenCLRuntime, buf: cl.Buffer, n: int, d: int, w: int) -> tuple[cl.Buffer, cl.Buffer, int]:
+    """(rows cut into zero-padded panels of ``w``, each stored transposed; squared row norms; padded row count)."""
+    n_pad = round_up(n, w)
+    panels, norms = _empty(rt, n_pad * d * 4), _empty(rt, n_pad * 4)
+    _kernel("sel_pack_panels")(
+        rt.queue, (round_up(n_pad, GL),), (GL,), buf, panels, norms, np.int32(n), np.int32(d), np.int32(w),
+        np.int32(n_pad),
+    )  # fmt: skip
+    return panels, norms, n_pad
+
+
 def _pairwise(
     rt: OpenCLRuntime,
     a_buf: cl.Buffer,
@@ -210,15 +223,17 @@ def _pairwise(
             rt.queue, (gx, gy), (TS, TS), a_buf, b_buf, out, np.int32(m), np.int32(n), np.int32(d), *scalars, gmax
         )
     else:
-        bt, n_pad = _transposed(rt, b_buf, n, d)
-        gx, gy = round_up(n_pad // 8, 8), round_up(-(-m // RB), 8)
+        ap, an, _ = _panels(rt, a_buf, m, d, RB)
+        bp, bn, n_pad = _panels(rt, b_buf, n, d, PANEL)
+        gx, gy = round_up(-(-n_pad // (PANEL * CB)), 8), round_up(-(-m // RB), 8)
         groups = (gx // 8) * (gy // 8)
         gmax = _empty(rt, groups * 4)
         _kernel("sel_pairwise")(
-            rt.queue, (gx, gy), (8, 8), a_buf, bt, out, np.int32(m), np.int32(n), np.int32(n_pad), np.int32(d),
+            rt.queue, (gx, gy), (8, 8), ap, bp, an, bn, out, np.int32(m), np.int32(n), np.int32(n_pad), np.int32(d),
             *scalars, gmax,
         )  # fmt: skip
-        bt.release()
+        for buf in (ap, an, bp, bn):
+            buf.release()
     maxima = _read(rt.queue, gmax, (groups,), np.float32)
     gmax.release()
     return out, maxima
