@@ -448,7 +448,8 @@ def test_crest_quadratic_model_and_trigger() -> None:
     assert model.should_reselect(delta, want * 1.2, tau=0.1)
     assert not model.should_reselect(delta, want * 1.05, tau=0.1)
     assert crest_should_reselect(0.0, 0.0, 0.05) is False
-    torch = pytest.importorskip("torch")
+    import torch
+
     tmodel = QuadraticLossModel(1.0, torch.tensor(g), torch.tensor(h))
     assert tmodel.predict(torch.tensor(delta)) == pytest.approx(want)
     assert crest_adapt(4.0, 2.0, interval_mul=1, batch_num_mul=5, steps_per_epoch=40) == (2, 10)
