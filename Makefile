@@ -12,12 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[datasets,bench,dev]'
 	touch $(STAMP)
 
-## make test: the default (fast) test suite
+## make test: unit and integration tests (a few minutes)
 test: $(STAMP)
 	scripts/system-deps.sh $(PY) test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit tests/integration
 
-## make test-all: including the tests marked slow
+## make test-all: every test but the FPGA ones: unit, integration, system (demo, stack, faults) and slow
 test-all: $(STAMP)
 	scripts/system-deps.sh $(PY) test
 	$(PY) -m pytest -q -m 'not fpga'

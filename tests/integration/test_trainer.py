@@ -29,7 +29,7 @@ from nessa.client import SelectionResult, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.store import ingest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 3000  # 2400 train / 600 test
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import ServeProcess, nessa_cmd
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README_ADDRESS = "127.0.0.1:50051"
 
 

@@ -36,7 +36,7 @@ from nessa.services.storage import healthcheck
 
 from nessa import metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 MONITORING = ROOT / "services" / "monitoring"

@@ -21,7 +21,7 @@ from nessa.services.storage.server import StorageDaemon
 
 from nessa.store import ingest_arrays
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOY_N = 6000
 TOY_DIM = 40
 TOY_CLASSES = 10
