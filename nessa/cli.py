@@ -39,7 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from nessa.trainer.loop import TrainConfig, train
+    from nessa.trainer.config import TrainConfig
+    from nessa.trainer.loop import train
     from nessa.trainer.report import format_bytes
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nessa.trainer.loop import TrainConfig, train
+from nessa.trainer.config import TrainConfig
+from nessa.trainer.loop import train
 from nessa.trainer.report import RunResult, build_report, format_table, plot_report, write_report
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError

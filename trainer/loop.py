@@ -51,16 +51,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from nessa.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
 from nessa.trainer.data import SampleDecoder, TrainBatch, rebatch
 from nessa.trainer.drift import DriftMonitor
-from nessa.trainer.models import MODELS, build_model
+from nessa.trainer.models import build_model
 from nessa.trainer.pipeline import BatchPrefetcher, SelectionJob, SelectionPipeline
 from nessa.trainer.report import RunResult
 from nessa.trainer.schedule import LRSchedule
@@ -86,188 +87,6 @@ log = logging.getLogger("nessa.trainer")
 
 #: Version of the checkpoint payload layout.
 CHECKPOINT_FORMAT = 1
-#: Inputs a selector can get without a proxy (the daemon has them stored).
-_STORED_INPUTS = frozenset({"labels", "groups"})
-#: Config fields that must match to resume from a checkpoint.
-_RESUME_KEYS = (
-    "dataset",
-    "test_dataset",
-    "model",
-    "method",
-    "fraction",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "seed",
-    "reselect_every",
-    "pipeline",
-    "options",
-    "quantize",
-    "crest_tau",
-    "crest_interval_mul",
-    "crest_batch_num_mul",
-    "crest_check_size",
-)
-
-
-def method_needs_proxy(method: str) -> bool:
-    """Whether selector ``method`` needs model outputs (so the trainer must push a proxy before selecting).
-
-    ``full`` needs none. Raises :class:`InvalidArgumentError` for a method the selection library does not have.
-    """
-    if method == "full":
-        return False
-    from nessa.selection import available
-
-    methods = available()
-    if method not in methods:
-        raise InvalidArgumentError(f"unknown method {method!r}; choose full or one of: {', '.join(sorted(methods))}")
-    requires = set(methods[method].get("requires", ()))
-    return bool(requires - _STORED_INPUTS)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` fails clearly when there is no GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FailedPreconditionError(
-            f"--device {name}: torch sees no CUDA device (torch {torch.__version__}); use --device cpu or auto"
-        )
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InvalidArgumentError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
-@dataclass
-class TrainConfig:
-    """One training run.
-
-    Attributes:
-        target: the storage daemon's ``host:port``.
-        dataset: training dataset name.
-        test_dataset: test dataset name (evaluated after every epoch).
-        model: ``mlp``, ``cnn1d`` or ``resnet20``.
-        method: ``full`` or a selector of the library (``random``, ``balanced``, ``craig``, ``crest`` ...).
-        fraction: budget per epoch as a fraction of the training set (ignored by ``full``).
-        epochs: epochs to train.
-        batch_size: samples per optimizer step.
-        lr: peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
-        warmup_epochs: linear warm-up length in epochs.
-        seed: seeds the model's initialisation, the selections and the per-epoch order.
-        reselect_every: select every this many epochs and train on the same selection in between (R of
-            ALGORITHMS.md B4; CRAIG's code uses 1, its paper also 5). Not used by ``crest``, which has its trigger.
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
-        checkpoint_dir: where to checkpoint (and resume from); ``None`` disables checkpoints.
-        checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
-        metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).
-        metrics_linger: after the last epoch, keep serving ``/metrics`` this many seconds (so a Prometheus that
-            scrapes every few seconds records the final epoch) before returning.
-        options: selector options (name → value).
-        engine: the daemon's proxy engine (``opencl``, ``torch``; "" for the daemon's default).
-        quantize: proxy weights: ``int8`` or ``None`` (float32).
-        token: bearer token for the daemon.
-        tls: TLS setting for the client (see :class:`nessa.client.StorageClient`).
-        crest_tau: CREST's τ (relative error of the quadratic model that triggers a reselection; the CREST code's
-            default 0.1).
-        crest_interval_mul: CREST's h (check interval multiplier).
-        crest_batch_num_mul: CREST's b (mini-batch coresets per check interval).
-        crest_check_size: samples in CREST's check set V_r, drawn at random from the training set once per run.
-        eval_batch_size: batch size of evaluation.
-        prefetch_batches: decoded batches kept ready by the prefetch thread.
-        stream_batch_size: samples per streamed message (0: ``batch_size``).
-        torch_threads: torch intra-op threads for this process (0: leave torch's setting). On a machine whose
-            cores are shared (a daemon on the same host), 1 avoids OpenMP oversubscription, which can slow small
-            models by an order of magnitude.
-        progress: show a progress bar.
-        progress_desc: the bar's label (default: the method).
-    """
-
-    target: str
-    dataset: str
-    test_dataset: str
-    model: str = "cnn1d"
-    method: str = "full"
-    fraction: float = 0.1
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    reselect_every: int = 1
-    device: str = "auto"
-    pipeline: bool = True
-    checkpoint_dir: str | None = None
-    checkpoint_every_steps: int = 0
-    metrics_port: int | None = None
-    metrics_linger: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)
-    engine: str = ""
-    quantize: str | None = "int8"
-    token: str | None = None
-    tls: Any = None
-    crest_tau: float = 0.1
-    crest_interval_mul: float = 1.0
-    crest_batch_num_mul: int = 5
-    crest_check_size: int = 512
-    eval_batch_size: int = 1024
-    prefetch_batches: int = 4
-    stream_batch_size: int = 0
-    torch_threads: int = 0
-    progress: bool = True
-    progress_desc: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise InvalidArgumentError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
-        if not self.dataset or not self.test_dataset:
-            raise InvalidArgumentError("give both --dataset and --test-dataset (names the daemon serves)")
-        if self.method == "full":
-            self.fraction = 1.0
-        elif not (isinstance(self.fraction, float | int) and 0 < self.fraction <= 1):
-            raise InvalidArgumentError(f"fraction must be in (0, 1]; got {self.fraction!r}")
-        for name in (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "prefetch_batches",
-            "crest_batch_num_mul",
-            "crest_check_size",
-            "reselect_every",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        for name in ("checkpoint_every_steps", "stream_batch_size", "torch_threads"):
-            if int(getattr(self, name)) < 0:
-                raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)!r}")
-        if self.seed < 0:
-            raise InvalidArgumentError(f"seed must be >= 0; got {self.seed}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise InvalidArgumentError(
-                f"momentum must be in [0, 1) and weight decay >= 0; got {self.momentum}, {self.weight_decay}"
-            )
-        if self.quantize not in ("int8", None):
-            raise InvalidArgumentError(f"quantize must be 'int8' or None; got {self.quantize!r}")
-        if not math.isfinite(self.crest_tau) or self.crest_tau <= 0 or self.crest_interval_mul <= 0:
-            raise InvalidArgumentError("crest_tau and crest_interval_mul must be > 0")
-        if self.method == "crest" and self.options.get("minibatch_size", self.batch_size) != self.batch_size:
-            raise InvalidArgumentError(
-                "crest's minibatch_size option must equal --batch-size (each mini-batch coreset is one training batch)"
-            )
-        LRSchedule(self.lr, self.epochs, self.warmup_epochs)  # validates
-
-    def resume_key(self) -> dict[str, Any]:
-        """The fields a checkpoint must agree with to be resumed."""
-        d = asdict(self)
-        return {k: d[k] for k in _RESUME_KEYS}
 
 
 @dataclass

@@ -20,8 +20,9 @@ import torch
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
 from nessa.trainer.checkpoint import load_checkpoint
+from nessa.trainer.config import TrainConfig, method_needs_proxy
 from nessa.trainer.data import TrainBatch
-from nessa.trainer.loop import TrainConfig, Trainer, _EpochState, method_needs_proxy, train
+from nessa.trainer.loop import Trainer, _EpochState, train
 from nessa.trainer.pipeline import SelectionJob
 from prometheus_client import REGISTRY
 

@@ -389,7 +389,7 @@ def test_pipeline_threads_do_not_leak() -> None:
 
 
 def test_device_choice_is_explicit_and_fails_clearly() -> None:
-    from nessa.trainer.loop import resolve_device
+    from nessa.trainer.config import resolve_device
 
     has_cuda = torch.cuda.is_available()
     assert resolve_device("auto").type == ("cuda" if has_cuda else "cpu")
