@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -45,6 +45,7 @@ from nessa.errors import (
     ResourceExhaustedError,
 )
 from nessa.order import Partition
+from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
 
@@ -53,7 +54,7 @@ __all__ = [
     "Batch",
     "DatasetInfo",
     "ProxyAck",
-    "SelectionResult",
+    "Selection",
     "StorageClient",
     "iter_samples",
 ]
@@ -140,57 +141,6 @@ class ProxyAck:
     size: int
     sha256: str
     previous_version: int | None
-
-
-@dataclass
-class SelectionResult:
-    """A selection made by a daemon.
-
-    Attributes:
-        id: pass it to :meth:`StorageClient.stream`.
-        dataset: dataset name.
-        method: selector name.
-        indices: int64 dataset indices, in the method's order.
-        weights: float32 weight per index.
-        objective: the method's objective (NaN if none).
-        proxy_version: proxy version used, or ``None``.
-        timings: ``read_seconds``, ``proxy_forward_seconds``, ``selection_seconds``, ``total_seconds``.
-        class_counts: label → samples selected.
-        num_candidates: candidates considered.
-        selected_bytes: stored bytes of the selection (what streaming it moves as payload).
-        candidate_bytes: stored bytes of all candidates (a full epoch's payload).
-        cached: the daemon returned a selection it had made before for the same request.
-        budget_rule: how the budget was spread.
-        options: options used.
-        extras: method-specific outputs.
-        metadata_bytes: bytes this selection's reply (and index fetch, for large ones) took on the wire.
-    """
-
-    id: str
-    dataset: str
-    method: str
-    indices: np.ndarray
-    weights: np.ndarray
-    objective: float = float("nan")
-    proxy_version: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    class_counts: dict[int, int] = field(default_factory=dict)
-    num_candidates: int = 0
-    selected_bytes: int = 0
-    candidate_bytes: int = 0
-    cached: bool = False
-    budget_rule: str = "global"
-    options: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-    metadata_bytes: int = 0
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def fraction(self) -> float:
-        """Selected samples over candidates."""
-        return len(self.indices) / self.num_candidates if self.num_candidates else float("nan")
 
 
 @dataclass
@@ -479,7 +429,7 @@ class StorageClient:
         options: dict[str, Any] | None = None,
         timeout: float | None = None,
         **method_options: Any,
-    ) -> SelectionResult:
+    ) -> Selection:
         """Ask the daemon for a weighted subset of ``dataset``.
 
         Args:
@@ -531,44 +481,20 @@ class StorageClient:
         meta_bytes = reply.ByteSize()
         self._count("metadata", meta_bytes)
         if reply.inline:
-            indices = np.asarray(reply.indices, dtype=np.int64)
-            weights = np.asarray(reply.weights, dtype=np.float32)
-        else:  # too large for one reply: fetch indices and weights as a metadata-only stream
-            parts_i, parts_w = [], []
-            for batch in self.stream(reply.id, batch_size=65536, metadata_only=True):
-                parts_i.append(batch.indices)
-                parts_w.append(batch.weights)
-                meta_bytes += batch.metadata_bytes
-            indices = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
-            weights = np.concatenate(parts_w) if parts_w else np.zeros(0, np.float32)
-        return SelectionResult(
-            id=reply.id,
-            dataset=reply.dataset,
-            method=reply.method,
-            indices=indices,
-            weights=weights,
-            objective=float(reply.objective),
-            proxy_version=int(reply.proxy_version) if reply.HasField("proxy_version") else None,
-            timings={
-                "read_seconds": reply.timings.read_seconds,
-                "proxy_forward_seconds": reply.timings.proxy_forward_seconds,
-                "selection_seconds": reply.timings.selection_seconds,
-                "total_seconds": reply.timings.total_seconds,
-            },
-            class_counts={int(k): int(v) for k, v in reply.class_counts.items()},
-            num_candidates=int(reply.num_candidates),
-            selected_bytes=int(reply.selected_bytes),
-            candidate_bytes=int(reply.candidate_bytes),
-            cached=bool(reply.cached),
-            budget_rule=reply.budget_rule,
-            options=json.loads(reply.options_json or "{}"),
-            extras=json.loads(reply.extras_json or "{}"),
-            metadata_bytes=meta_bytes,
-        )
+            return Selection.from_pb(reply, metadata_bytes=meta_bytes)
+        # Too large for one reply: fetch indices and weights as a metadata-only stream.
+        parts_i, parts_w = [], []
+        for batch in self.stream(reply.id, batch_size=65536, metadata_only=True):
+            parts_i.append(batch.indices)
+            parts_w.append(batch.weights)
+            meta_bytes += batch.metadata_bytes
+        indices = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+        weights = np.concatenate(parts_w) if parts_w else np.zeros(0, np.float32)
+        return Selection.from_pb(reply, indices, weights, metadata_bytes=meta_bytes)
 
     def stream(
         self,
-        selection_or_indices: SelectionResult | str | Sequence[int] | np.ndarray,
+        selection_or_indices: Selection | str | Sequence[int] | np.ndarray,
         dataset: str | None = None,
         batch_size: int = 256,
         shuffle_seed: int | None = None,
@@ -587,7 +513,7 @@ class StorageClient:
         the last batch yielded, so each sample is yielded exactly once.
 
         Args:
-            selection_or_indices: a :class:`SelectionResult`, a selection id, or dataset indices.
+            selection_or_indices: a :class:`Selection`, a selection id, or dataset indices.
             dataset: the dataset (required with indices; checked with a selection).
             batch_size: most samples per batch.
             shuffle_seed: stream in the order of this seeded permutation (``None``: the selection's order).
@@ -608,7 +534,7 @@ class StorageClient:
         request = pb.StreamRequest(
             batch_size=int(batch_size), max_batch_bytes=int(max_batch_bytes), metadata_only=metadata_only
         )
-        if isinstance(selection_or_indices, SelectionResult):
+        if isinstance(selection_or_indices, Selection):
             request.selection_id = selection_or_indices.id
             request.dataset = dataset or selection_or_indices.dataset
         elif isinstance(selection_or_indices, str):
@@ -630,6 +556,7 @@ class StorageClient:
                     worker=partition.worker,
                     block_size=partition.block_size,
                     skip=partition.skip,
+                    worker_skip=partition.worker_skip,
                 )
             )
         return self._stream(request, cursor or "", self.stream_timeout if timeout is None else timeout)

@@ -10,11 +10,12 @@ order unchanged whatever its ``num_workers``. Each selected sample is delivered 
 ranks and workers; ranks differ by at most one sample (nothing is padded or dropped unless the loader's
 ``drop_last`` drops a final short batch).
 
-Resuming: :meth:`SelectionDataset.state_dict` holds the selection id, the epoch, the seed and the samples of this
-rank *consumed* in that epoch; after :meth:`SelectionDataset.load_state_dict`, iterating the same epoch skips
-exactly those (the daemon does not send them). With ``num_workers=0`` the dataset counts what it yielded; with
-workers the counting must happen where batches arrive: use :class:`SelectionLoader` (a ``DataLoader`` that counts),
-or pass ``samples_consumed`` to :meth:`SelectionDataset.state_dict`.
+Resuming: two ways, both exact. (1) :class:`SelectionLoader` (a ``DataLoader`` that counts the samples the loop
+consumed) saves this rank's position; after ``load_state_dict`` the same epoch skips exactly those samples.
+(2) The dataset follows torchdata's ``Stateful`` protocol *per worker*: inside a data-loader worker,
+``state_dict()`` is that worker's own position, and ``load_state_dict`` of it resumes that worker only — what
+``torchdata.stateful_dataloader.StatefulDataLoader`` does with any ``num_workers``. The samples come from the
+data path's :class:`~nessa.pipeline.SelectionSource` (the stage ``nessa train`` streams with).
 
 Channels are opened lazily in the process that iterates (nothing crosses ``fork``); the dataset pickles as its
 settings, so ``spawn`` workers work too.
@@ -30,9 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
-from nessa.client import TLS, SelectionResult, StorageClient
+from nessa.client import TLS, StorageClient
 from nessa.errors import InvalidArgumentError
 from nessa.order import Partition, epoch_seed, rank_positions
+from nessa.pipeline.source import SelectionSource
+from nessa.records import Selection
 
 __all__ = ["SelectionDataset", "SelectionLoader", "SelectionSampler", "rank_and_world"]
 
@@ -62,7 +65,7 @@ class SelectionDataset(IterableDataset):
 
     Args:
         target: the daemon's ``host:port``.
-        selection: a :class:`~nessa.client.SelectionResult` (its size gives ``len``) or a selection id.
+        selection: a :class:`~nessa.client.Selection` (its size gives ``len``) or a selection id.
         dataset: the dataset name (checked against the selection's; required for ``len`` with an id only).
         token: bearer token.
         tls: TLS setting (see :class:`~nessa.client.StorageClient`; a path, not credentials, for spawned workers).
@@ -79,7 +82,7 @@ class SelectionDataset(IterableDataset):
     def __init__(
         self,
         target: str,
-        selection: SelectionResult | str,
+        selection: Selection | str,
         dataset: str | None = None,
         *,
         token: str | None = None,
@@ -96,7 +99,8 @@ class SelectionDataset(IterableDataset):
         super().__init__()
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be >= 1; got {batch_size}")
-        if isinstance(selection, SelectionResult):
+        self.selection = selection
+        if isinstance(selection, Selection):
             if dataset is not None and dataset != selection.dataset:
                 raise InvalidArgumentError(
                     f"the selection is of dataset {selection.dataset!r}, not {dataset!r}; drop dataset= or fix it"
@@ -122,7 +126,10 @@ class SelectionDataset(IterableDataset):
         self.epoch = 0
         self._resume_epoch = -1
         self._resume_skip = 0
+        self._resume_worker: dict[str, int] | None = None  # a worker's own saved position (Stateful per worker)
         self._consumed = 0
+        self._part = Partition(world_size=self.world_size, rank=self.rank)
+        self._position = 0
         self._client: StorageClient | None = None
         self._client_pid = -1
 
@@ -155,14 +162,22 @@ class SelectionDataset(IterableDataset):
     def __len__(self) -> int:
         """Samples this rank receives per epoch (all its workers together)."""
         if self.size is None:
-            raise TypeError("the length is unknown: build SelectionDataset from a SelectionResult, not an id")
+            raise TypeError("the length is unknown: build SelectionDataset from a Selection, not an id")
         return len(range(self.rank, self.size, self.world_size))
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        skip = self.resume_skip()
-        part = Partition(
+        skip, position = self.resume_skip(), 0
+        mine = self._resume_worker if self._resume_epoch == self.epoch else None
+        if mine is not None:
+            if (mine["worker"], mine["num_workers"]) != (worker, workers):
+                raise InvalidArgumentError(
+                    f"the state is of worker {mine['worker']} of {mine['num_workers']}, loaded into worker {worker} "
+                    f"of {workers}; resume with the same num_workers"
+                )
+            skip, position = mine["rank_skip"], mine["position"]
+        self._part = Partition(
             world_size=self.world_size,
             rank=self.rank,
             num_workers=workers,
@@ -171,27 +186,38 @@ class SelectionDataset(IterableDataset):
             skip=skip,
         )
         self._consumed = skip
-        stream = self._get_client().stream(
-            self.selection_id,
+        self._position = position
+        source = SelectionSource(
+            self._get_client(),
+            self.selection if isinstance(self.selection, Selection) else self.selection_id,
             dataset=self.dataset or None,
-            batch_size=self.stream_batch_size,
             shuffle_seed=self.shuffle_seed,
-            partition=part,
+            partition=self._part,
+            message_size=self.stream_batch_size,
         )
-        for batch in stream:
-            for index, label, weight, data in zip(
-                batch.indices.tolist(), batch.labels.tolist(), batch.weights.tolist(), batch.samples, strict=True
-            ):
-                sample: Sample = {"index": index, "label": label, "weight": weight, "data": data}
-                self._consumed += 1
-                yield self.transform(sample) if self.transform is not None else sample
+        source.load_state_dict({"position": position})
+        try:
+            for batch in source:
+                for index, label, weight, data in zip(
+                    batch.indices.tolist(), batch.labels.tolist(), batch.weights.tolist(), batch.samples, strict=True
+                ):
+                    sample: Sample = {"index": index, "label": label, "weight": weight, "data": data}
+                    self._consumed += 1
+                    self._position += 1
+                    yield self.transform(sample) if self.transform is not None else sample
+        finally:
+            source.close()
 
     def state_dict(self, samples_consumed: int | None = None) -> dict[str, Any]:
-        """Where this rank is: selection, epoch, seed and samples consumed in the epoch.
+        """Where this rank (or, inside a data-loader worker, this worker) is.
 
         Args:
-            samples_consumed: samples of this rank the trainer consumed this epoch; default: what this process's
-                iteration yielded (right with ``num_workers=0``; with workers use :class:`SelectionLoader`).
+            samples_consumed: samples of this rank the trainer consumed this epoch (what :class:`SelectionLoader`
+                passes); default: what this process's iteration yielded.
+
+        Returns:
+            The selection, epoch, seed and rank layout; ``samples_consumed`` (rank level); and ``worker`` — this
+            worker's own position — which :meth:`load_state_dict` uses when it is loaded into the same worker.
         """
         return {
             "selection_id": self.selection_id,
@@ -202,10 +228,19 @@ class SelectionDataset(IterableDataset):
             "rank": self.rank,
             "world_size": self.world_size,
             "samples_consumed": int(self._consumed if samples_consumed is None else samples_consumed),
+            "worker": {
+                "worker": self._part.worker,
+                "num_workers": self._part.num_workers,
+                "rank_skip": self._part.skip,
+                "position": self._position,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration of ``state["epoch"]`` skips the samples already consumed.
+
+        A state saved inside a data-loader worker (torchdata's ``StatefulDataLoader``) resumes that worker from its
+        own position; a state from :class:`SelectionLoader` resumes the rank from ``samples_consumed``.
 
         Raises:
             InvalidArgumentError: the state is of another selection, seed or rank layout.
@@ -223,6 +258,9 @@ class SelectionDataset(IterableDataset):
         self._resume_epoch = self.epoch
         self._resume_skip = consumed
         self._consumed = consumed
+        worker = state.get("worker")
+        in_worker = get_worker_info() is not None
+        self._resume_worker = {k: int(v) for k, v in worker.items()} if worker and in_worker else None
 
 
 class SelectionLoader(DataLoader):
@@ -287,7 +325,7 @@ class SelectionSampler(Sampler[int]):
 
     def __init__(
         self,
-        selection: SelectionResult,
+        selection: Selection,
         *,
         shuffle: bool = True,
         seed: int = 0,

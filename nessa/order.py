@@ -36,6 +36,8 @@ class Partition:
         worker: this worker, in ``[0, num_workers)``.
         block_size: consecutive samples a worker takes in turn (the loader's batch size; >= 1).
         skip: samples of this rank already consumed; they are left out and worker blocks restart after them.
+        worker_skip: samples of this worker's part (after ``skip``) already consumed: a worker resumed on its own
+            state (torchdata's ``StatefulDataLoader`` restores each worker separately).
     """
 
     world_size: int = 1
@@ -44,6 +46,7 @@ class Partition:
     worker: int = 0
     block_size: int = 1
     skip: int = 0
+    worker_skip: int = 0
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -58,13 +61,8 @@ class Partition:
             )
         if self.block_size < 1:
             raise InvalidArgumentError(f"partition block_size must be >= 1; got {self.block_size}")
-        if self.skip < 0:
-            raise InvalidArgumentError(f"partition skip must be >= 0; got {self.skip}")
-
-    @property
-    def is_whole(self) -> bool:
-        """True when this part is the whole selection (one rank, one worker, nothing skipped)."""
-        return self.world_size == 1 and self.num_workers == 1 and self.skip == 0
+        if self.skip < 0 or self.worker_skip < 0:
+            raise InvalidArgumentError(f"partition skips must be >= 0; got {self.skip}, {self.worker_skip}")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -101,7 +99,7 @@ def stream_positions(n: int, shuffle_seed: int | None, partition: Partition | No
         int64 positions into the selection's indices.
 
     Raises:
-        OutOfRangeError: ``partition.skip`` is larger than the rank's share.
+        OutOfRangeError: ``partition.skip`` is larger than the rank's share, or ``worker_skip`` than the worker's.
     """
     part = partition or Partition()
     ranked = shuffled_order(n, shuffle_seed)[part.rank :: part.world_size]
@@ -111,7 +109,12 @@ def stream_positions(n: int, shuffle_seed: int | None, partition: Partition | No
             "in this selection; reset the consumed count (new epoch) or resume with the state of this selection"
         )
     ranked = ranked[part.skip :]
-    if part.num_workers == 1:
-        return ranked
-    block = np.arange(len(ranked), dtype=np.int64) // part.block_size
-    return ranked[block % part.num_workers == part.worker]
+    if part.num_workers > 1:
+        block = np.arange(len(ranked), dtype=np.int64) // part.block_size
+        ranked = ranked[block % part.num_workers == part.worker]
+    if part.worker_skip > len(ranked):
+        raise OutOfRangeError(
+            f"cannot skip {part.worker_skip} samples: worker {part.worker} of {part.num_workers} has only "
+            f"{len(ranked)}; resume each worker with its own state of this selection and epoch"
+        )
+    return ranked[part.worker_skip :]

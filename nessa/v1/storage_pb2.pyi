@@ -167,20 +167,22 @@ class Selection(_message.Message):
     def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., objective: _Optional[float] = ..., proxy_version: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., class_counts: _Optional[_Mapping[int, int]] = ..., num_candidates: _Optional[int] = ..., size: _Optional[int] = ..., selected_bytes: _Optional[int] = ..., candidate_bytes: _Optional[int] = ..., inline: _Optional[bool] = ..., cached: _Optional[bool] = ..., options_json: _Optional[str] = ..., extras_json: _Optional[str] = ..., budget_rule: _Optional[str] = ...) -> None: ...
 
 class Partition(_message.Message):
-    __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip")
+    __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip", "worker_skip")
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     SKIP_FIELD_NUMBER: _ClassVar[int]
+    WORKER_SKIP_FIELD_NUMBER: _ClassVar[int]
     world_size: int
     rank: int
     num_workers: int
     worker: int
     block_size: int
     skip: int
-    def __init__(self, world_size: _Optional[int] = ..., rank: _Optional[int] = ..., num_workers: _Optional[int] = ..., worker: _Optional[int] = ..., block_size: _Optional[int] = ..., skip: _Optional[int] = ...) -> None: ...
+    worker_skip: int
+    def __init__(self, world_size: _Optional[int] = ..., rank: _Optional[int] = ..., num_workers: _Optional[int] = ..., worker: _Optional[int] = ..., block_size: _Optional[int] = ..., skip: _Optional[int] = ..., worker_skip: _Optional[int] = ...) -> None: ...
 
 class IndexList(_message.Message):
     __slots__ = ("indices",)

@@ -23,9 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
 from nessa.services.storage.proxies import ProxyStore
-from nessa.services.storage.selections import EnginePool, SelectionService, SelectionStore
+from nessa.services.storage.selection_store import SelectionStore
+from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 
 from nessa.errors import FailedPreconditionError

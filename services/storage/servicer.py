@@ -18,12 +18,13 @@ from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
-from nessa.services.storage.selections import SelectionParams, SelectionService, StoredSelection
+from nessa.services.storage.selections import SelectionParams, SelectionService
 from nessa.services.storage.streaming import Batch, check_limits, iter_batches, plan_stream, prefetched
 
 from nessa.errors import InvalidArgumentError
 from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
 from nessa.order import Partition
+from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
 
@@ -243,37 +244,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         _count_metadata(sel.dataset, reply)
         return reply
 
-    def _selection_reply(self, sel: StoredSelection, cached: bool) -> pb.Selection:
-        n = len(sel.indices)
-        inline = n * _SELECTION_BYTES_PER_SAMPLE + 64 * 1024 <= self.config.max_message_bytes
-        reply = pb.Selection(
-            id=sel.id,
-            dataset=sel.dataset,
-            method=sel.method,
-            objective=sel.objective,
-            timings=pb.Timings(
-                read_seconds=sel.timings.get("read_seconds", 0.0),
-                proxy_forward_seconds=sel.timings.get("proxy_forward_seconds", 0.0),
-                selection_seconds=sel.timings.get("selection_seconds", 0.0),
-                total_seconds=sel.timings.get("total_seconds", 0.0),
-            ),
-            class_counts=sel.class_counts,
-            num_candidates=sel.num_candidates,
-            size=n,
-            selected_bytes=sel.selected_bytes,
-            candidate_bytes=sel.candidate_bytes,
-            inline=inline,
-            cached=cached,
-            options_json=json.dumps(sel.options, sort_keys=True),
-            extras_json=json.dumps(sel.extras, sort_keys=True),
-            budget_rule=sel.budget_rule,
-        )
-        if inline:
-            reply.indices.extend(sel.indices.tolist())
-            reply.weights.extend(sel.weights.tolist())
-        if sel.proxy_version is not None:
-            reply.proxy_version = sel.proxy_version
-        return reply
+    def _selection_reply(self, sel: Selection, cached: bool) -> pb.Selection:
+        inline = len(sel) * _SELECTION_BYTES_PER_SAMPLE + 64 * 1024 <= self.config.max_message_bytes
+        return sel.with_reply_facts(cached=cached).to_pb(inline=inline)
 
     def StreamSamples(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         """Stream a selection's (or explicit indices') samples in batches bounded in bytes (serialized here)."""
@@ -304,6 +277,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             worker=p.worker,
             block_size=p.block_size or 1,
             skip=p.skip,
+            worker_skip=p.worker_skip,
         )
         plan = plan_stream(
             entry,

@@ -82,6 +82,33 @@ def test_resume_mid_epoch_with_workers_matches_an_uninterrupted_run(served) -> N
     assert sorted(i for b in loader(resumed_ds, workers=0) for i in b["index"].tolist()) == sorted(full)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stateful_dataloader_with_workers_resumes_each_sample_once(served, workers: int) -> None:  # type: ignore[no-untyped-def]
+    """torchdata's StatefulDataLoader saves and restores each worker's own position: no duplicates, no gaps."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    d, sel, _ = served
+    extra = {"multiprocessing_context": "spawn"} if workers else {}
+
+    def make() -> StatefulDataLoader:
+        ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=6)
+        return StatefulDataLoader(ds, batch_size=BATCH, num_workers=workers, **extra)
+
+    full = [i for b in make() for i in b["index"].tolist()]
+    assert sorted(full) == sorted(sel.indices.tolist())
+    first = make()
+    it = iter(first)
+    consumed = [i for _ in range(5) for i in next(it)["index"].tolist()]
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    del it
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = [i for b in resumed for i in b["index"].tolist()]
+    assert len(consumed) + len(rest) == len(sel)
+    assert sorted(consumed + rest) == sorted(sel.indices.tolist())  # each sample exactly once
+    assert consumed + rest == full  # and in the uninterrupted order
+
+
 def test_dataset_state_without_workers_counts_what_it_yielded(served) -> None:  # type: ignore[no-untyped-def]
     d, sel, _ = served
     ds = SelectionDataset(d.address, sel, batch_size=BATCH, seed=1, shuffle=False)

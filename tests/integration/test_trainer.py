@@ -26,7 +26,7 @@ from nessa.trainer.loop import Trainer, _EpochState, train
 from nessa.trainer.pipeline import SelectionJob
 from prometheus_client import REGISTRY
 
-from nessa.client import SelectionResult, StorageClient
+from nessa.client import Selection, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.store import ingest
 
@@ -73,9 +73,9 @@ class RecordingTrainer(Trainer):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config, echo=lambda _s: None)
         self.batches: dict[int, list[TrainBatch]] = {}
-        self.results: dict[int, SelectionResult] = {}
+        self.results: dict[int, Selection] = {}
 
-    def _fetch(self, job: SelectionJob) -> SelectionResult:
+    def _fetch(self, job: SelectionJob) -> Selection:
         sel = super()._fetch(job)
         self.results[job.epoch] = sel
         return sel
