@@ -108,6 +108,10 @@ class Selection:
         """Memory held (indices, weights, and a flat allowance for the rest)."""
         return int(self.indices.nbytes + self.weights.nbytes + 1024)
 
+    def part(self, start: int, stop: int) -> Selection:
+        """Positions ``start:stop`` of this selection as a record without an id (streamed by its indices)."""
+        return replace(self, id="", indices=self.indices[start:stop], weights=self.weights[start:stop])
+
     def with_reply_facts(self, *, cached: bool = False, metadata_bytes: int = 0) -> Selection:
         """A copy carrying the facts of one reply (whether it was cached, what it cost on the wire)."""
         return replace(self, cached=cached, metadata_bytes=metadata_bytes)

@@ -14,8 +14,6 @@ from nessa.errors import FailedPreconditionError, InvalidArgumentError
 
 __all__ = ["RESUME_KEYS", "TrainConfig", "method_needs_proxy", "resolve_device"]
 
-#: Inputs a selector can get without a proxy (the daemon has them stored).
-_STORED_INPUTS = frozenset({"labels", "groups"})
 #: Config fields that must match to resume from a checkpoint.
 RESUME_KEYS = (
     "dataset",
@@ -41,20 +39,24 @@ RESUME_KEYS = (
 )
 
 
-def method_needs_proxy(method: str) -> bool:
-    """Whether selector ``method`` needs model outputs (so the trainer must push a proxy before selecting).
+def method_needs_proxy(method: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether ``method`` with ``options`` needs model outputs (the trainer must push a proxy before selecting).
 
-    ``full`` needs none. Raises :class:`InvalidArgumentError` for a method the selection library does not have.
+    ``full`` needs none. Decided by :func:`nessa.proxy.inputs.plan_inputs`, the rule the daemon applies.
+
+    Raises:
+        InvalidArgumentError: a method the selection library does not have, bad options, or a method that needs
+            inputs a storage daemon cannot compute (before anything is exported or pushed).
     """
     if method == "full":
         return False
-    from nessa.selection import available
+    from nessa.proxy.inputs import plan_inputs
+    from nessa.selection import available, create
 
     methods = available()
     if method not in methods:
         raise InvalidArgumentError(f"unknown method {method!r}; choose full or one of: {', '.join(sorted(methods))}")
-    requires = set(methods[method].get("requires", ()))
-    return bool(requires - _STORED_INPUTS)
+    return plan_inputs(method, create(method, **(options or {})).required_inputs()).needs_proxy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,6 +117,8 @@ class TrainConfig:
             models by an order of magnitude.
         progress: show a progress bar.
         progress_desc: the bar's label (default: the method).
+        plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
+            ``epoch``.
     """
 
     target: str
@@ -152,6 +156,7 @@ class TrainConfig:
     torch_threads: int = 0
     progress: bool = True
     progress_desc: str | None = None
+    plan: str = ""
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

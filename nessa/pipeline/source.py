@@ -76,8 +76,17 @@ class SelectionSource(Stage[Batch]):
             what, dataset=self.dataset, batch_size=self.message_size, shuffle_seed=self.shuffle_seed, partition=part
         )
 
+    def _by_indices(self, sel: Selection) -> Iterator[Batch]:
+        weight_of = dict(zip(sel.indices.tolist(), sel.weights.tolist(), strict=True))
+        for batch in self._stream(sel.indices):
+            batch.weights = np.asarray([weight_of[i] for i in batch.indices.tolist()], dtype=np.float32)
+            yield batch
+
     def _batches(self) -> Iterator[Batch]:
         sel = self.selection
+        if isinstance(sel, Selection) and not sel.id:  # a part of a selection (Selection.part): by its indices
+            yield from self._by_indices(sel)
+            return
         stream = self._stream(sel)
         try:
             first = next(stream, None)
@@ -86,10 +95,7 @@ class SelectionSource(Stage[Batch]):
                 raise
             if self.on_gone is not None:
                 self.on_gone(f"selection {sel.id} is gone from the daemon; streaming its saved indices")
-            weight_of = dict(zip(sel.indices.tolist(), sel.weights.tolist(), strict=True))
-            for batch in self._stream(sel.indices):
-                batch.weights = np.asarray([weight_of[i] for i in batch.indices.tolist()], dtype=np.float32)
-                yield batch
+            yield from self._by_indices(sel)
             return
         if first is None:
             return

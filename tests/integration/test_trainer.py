@@ -19,11 +19,11 @@ import pytest
 import torch
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
+from nessa.trainer.batches import TrainBatch
 from nessa.trainer.checkpoint import load_checkpoint
 from nessa.trainer.config import TrainConfig, method_needs_proxy
-from nessa.trainer.data import TrainBatch
-from nessa.trainer.loop import Trainer, _EpochState, train
-from nessa.trainer.pipeline import SelectionJob
+from nessa.trainer.loop import Trainer, train
+from nessa.trainer.meter import EpochState
 from prometheus_client import REGISTRY
 
 from nessa.client import Selection, StorageClient
@@ -75,14 +75,13 @@ class RecordingTrainer(Trainer):
         self.batches: dict[int, list[TrainBatch]] = {}
         self.results: dict[int, Selection] = {}
 
-    def _fetch(self, job: SelectionJob) -> Selection:
-        sel = super()._fetch(job)
-        self.results[job.epoch] = sel
-        return sel
+    def log_selection(self, epoch: int, sel: Selection, step: int | None = None) -> None:
+        self.results[epoch] = sel
+        super().log_selection(epoch, sel, step)
 
-    def _train_step(self, batch: TrainBatch, state: _EpochState, steps_in_epoch: int) -> None:
+    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
         self.batches.setdefault(state.epoch, []).append(batch)
-        super()._train_step(batch, state, steps_in_epoch)
+        super().train_step(batch, state, steps_in_epoch)
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -209,7 +208,7 @@ def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
     def step(w: torch.Tensor) -> torch.Tensor:
         trainer.model.load_state_dict(start)
         batch = TrainBatch(x=x, y=y, w=w, indices=np.arange(16), payload_bytes=0)
-        trainer._train_step(batch, _EpochState(epoch=1), steps_in_epoch=10)
+        trainer.train_step(batch, EpochState(epoch=1), steps_in_epoch=10)
         return trainer.model.fc.weight.detach().clone() - start["fc.weight"]
 
     assert torch.count_nonzero(step(torch.zeros(16))) == 0
@@ -315,7 +314,7 @@ def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(daemon: Storag
         _train_cmd(daemon.address, ckpt, report), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from epoch" in resumed.stderr
+    assert "resuming at epoch" in resumed.stderr
     result = json.loads(report.read_text())
     assert [e["epoch"] for e in result["epochs"]] == [0, 1, 2, 3, 4]
     # the interrupted epoch still trained on each of its selected samples (the stream restarted after them)

@@ -1,28 +1,26 @@
-"""From streamed sample bytes to model inputs: decoding, the input layout of each model, and training batches.
+"""Stored sample bytes → the model's input tensors, with the arithmetic the proxy applies next to the data.
 
-The storage daemon streams a sample's stored bytes. For the ``raw`` codec those are a C-ordered ndarray of the
-dataset's ``sample_shape`` and ``dtype``; :class:`SampleDecoder` turns a list of them into the model's input
-tensor with the same arithmetic the proxy applies next to the data (``x = raw * scale``, ``scale = 1/255`` for
-uint8 samples, 1 otherwise; see :class:`nessa.proxy.format.Normalization`), so the trainer's model and the proxy
-the daemon runs see identical inputs. :func:`rebatch` turns the daemon's messages (bounded in bytes) into training
-batches of exactly ``batch_size`` samples (the last one may be shorter).
+For the ``raw`` codec a sample is a C-ordered ndarray of the dataset's ``sample_shape`` and ``dtype``;
+:class:`SampleDecoder` lays it out for one model family and scales it (``1/255`` for uint8) exactly as the proxy's
+:class:`nessa.proxy.format.Normalization` does, so the trainer's model and the daemon's proxy see identical inputs.
+:meth:`SampleDecoder.batch` is the decode stage of the data path (:mod:`nessa.pipeline`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from nessa.client import Batch, DatasetInfo
+from nessa.client import DatasetInfo
 from nessa.errors import InvalidArgumentError
+from nessa.pipeline.rebatch import SampleBatch
 from nessa.proxy.format import Normalization
 
-__all__ = ["SampleDecoder", "TrainBatch", "rebatch"]
+__all__ = ["SampleDecoder", "TrainBatch"]
 
 _SCALES = {"uint8": 1.0 / 255.0, "float32": 1.0}
 
@@ -135,54 +133,16 @@ class SampleDecoder:
             x = x * self.scale
         return x
 
+    def batch(self, raw: SampleBatch) -> TrainBatch:
+        """One batch of stored samples → a :class:`TrainBatch` (the data path's decode stage)."""
+        return TrainBatch(
+            x=self.decode(raw.samples),
+            y=torch.from_numpy(np.asarray(raw.labels, dtype=np.int64)),
+            w=torch.from_numpy(np.asarray(raw.weights, dtype=np.float32)),
+            indices=raw.indices,
+            payload_bytes=raw.payload_bytes,
+        )
+
     def example_input(self) -> torch.Tensor:
         """A zero batch of one sample in the model's input layout (for proxy export)."""
         return torch.zeros((1, *self.input_shape), dtype=torch.float32)
-
-
-def rebatch(batches: Iterable[Batch], batch_size: int, decoder: SampleDecoder) -> Iterator[TrainBatch]:
-    """Regroup streamed batches into training batches of ``batch_size`` samples and decode them.
-
-    Args:
-        batches: the client's stream.
-        batch_size: samples per training batch (the last one may be shorter).
-        decoder: turns stored bytes into inputs.
-    """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be >= 1; got {batch_size}")
-    idx: list[np.ndarray] = []
-    lab: list[np.ndarray] = []
-    wts: list[np.ndarray] = []
-    data: list[bytes] = []
-    payload = 0
-    held = 0
-
-    def emit(count: int) -> TrainBatch:
-        nonlocal idx, lab, wts, data, payload, held
-        i, y, w = np.concatenate(idx), np.concatenate(lab), np.concatenate(wts)
-        take_bytes = sum(len(s) for s in data[:count])
-        out = TrainBatch(
-            x=decoder.decode(data[:count]),
-            y=torch.from_numpy(y[:count].copy()),
-            w=torch.from_numpy(w[:count].astype(np.float32, copy=True)),
-            indices=i[:count].copy(),
-            payload_bytes=take_bytes,
-        )
-        idx, lab, wts, data = [i[count:]], [y[count:]], [w[count:]], data[count:]
-        payload -= take_bytes
-        held -= count
-        return out
-
-    for b in batches:
-        if len(b) == 0:
-            continue
-        idx.append(b.indices)
-        lab.append(b.labels)
-        wts.append(b.weights)
-        data.extend(b.samples)
-        payload += sum(len(s) for s in b.samples)
-        held += len(b)
-        while held >= batch_size:
-            yield emit(batch_size)
-    if held > 0:
-        yield emit(held)

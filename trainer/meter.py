@@ -1,0 +1,192 @@
+"""What a run measures: per-epoch accumulators, bytes on the wire, the epoch record, and the Prometheus series.
+
+Bytes are read from the client's counters (it counts what crosses the wire, on every thread) against running marks:
+:meth:`Meter.take_bytes` for the records (what each epoch moved), :meth:`Meter.publish_bytes` for the metrics
+(everything the daemon sent, labelled by the dataset it was about), so the metric total equals the run's
+``bytes_to_trainer`` plus its ``eval_bytes`` and ``setup_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from nessa.trainer.report import format_bytes
+
+from nessa.client import StorageClient
+from nessa.metrics import (
+    TRAINER_ACCURACY,
+    TRAINER_BYTES_RECEIVED,
+    TRAINER_DATA_WAIT,
+    TRAINER_EPOCH,
+    TRAINER_EPOCH_DURATION,
+    TRAINER_LOSS,
+    TRAINER_SAMPLES,
+    TRAINER_SUBSET_SIZE,
+)
+
+__all__ = ["EpochState", "Meter", "SelectionUsed"]
+
+
+@dataclass
+class EpochState:
+    """Accumulators of the epoch in progress (saved in mid-epoch checkpoints)."""
+
+    epoch: int
+    step: int = 0
+    position: int = 0
+    seconds: float = 0.0
+    data_wait: float = 0.0
+    selection_wait: float = 0.0
+    loss_sum: float = 0.0
+    weighted_loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    payload_bytes: int = 0
+    bytes_to_trainer: int = 0
+    bytes_to_storage: int = 0
+    reselections: int = 0
+    checks: int = 0
+    rho_sum: float = 0.0
+    selected_bytes: int = 0
+    subset_size: int = 0
+
+
+@dataclass(frozen=True)
+class SelectionUsed:
+    """The facts of the selection an epoch trained on that its record keeps."""
+
+    id: str
+    proxy_version: int | None
+    selection_seconds: float
+
+
+class Meter:
+    """Counts one run: bytes, waits, steps and the per-epoch records.
+
+    Args:
+        client: the client whose counters are read.
+        dataset: the training dataset (the default label of bytes).
+        test_dataset: the test dataset.
+        serve_metrics: create every series at zero so the first scrape sees them.
+    """
+
+    def __init__(self, client: StorageClient, dataset: str, test_dataset: str, serve_metrics: bool = False) -> None:
+        self.client = client
+        self.dataset = dataset
+        self.history: list[dict[str, Any]] = []
+        self.totals: dict[str, float] = {"eval_seconds": 0.0, "eval_bytes": 0, "setup_bytes": 0}
+        self._recv_mark = 0
+        self._sent_mark = 0
+        self._metric_mark: dict[str, int] = {}
+        if serve_metrics:
+            for name in (dataset, test_dataset):
+                for kind in ("samples", "metadata"):
+                    TRAINER_BYTES_RECEIVED.labels(dataset=name, kind=kind)
+            TRAINER_SAMPLES.labels(dataset=dataset)
+
+    def take_bytes(self) -> tuple[int, int]:
+        """Bytes received and sent since the last call."""
+        recv = sum(self.client.bytes_received.values())
+        sent = sum(self.client.bytes_sent.values())
+        d_recv, d_sent = recv - self._recv_mark, sent - self._sent_mark
+        self._recv_mark, self._sent_mark = recv, sent
+        return d_recv, d_sent
+
+    def add_epoch_bytes(self, state: EpochState) -> None:
+        """Add the bytes moved since the last call to ``state``."""
+        recv, sent = self.take_bytes()
+        state.bytes_to_trainer += recv
+        state.bytes_to_storage += sent
+
+    def publish_bytes(self, dataset: str | None = None) -> None:
+        """Add the bytes received since the last call (by kind) to the trainer's bytes-received counter."""
+        label = dataset or self.dataset
+        for kind, value in dict(self.client.bytes_received).items():
+            delta = value - self._metric_mark.get(kind, 0)
+            if delta > 0:
+                TRAINER_BYTES_RECEIVED.labels(dataset=label, kind=kind).inc(delta)
+            self._metric_mark[kind] = value
+
+    def wait(self, state: EpochState, seconds: float, selection: bool = False) -> None:
+        """Record ``seconds`` the loop was blocked on data (on a selection when ``selection``)."""
+        state.data_wait += seconds
+        if selection:
+            state.selection_wait += seconds
+        TRAINER_DATA_WAIT.observe(seconds)
+
+    def step(
+        self, state: EpochState, n: int, loss_sum: float, weighted_loss: float, correct: int, payload: int
+    ) -> None:
+        """Count one optimizer step over ``n`` samples."""
+        state.loss_sum += loss_sum
+        state.weighted_loss_sum += weighted_loss * n
+        state.correct += correct
+        state.seen += n
+        state.position += n
+        state.step += 1
+        state.payload_bytes += payload
+        TRAINER_SAMPLES.labels(dataset=self.dataset).inc(n)
+        self.publish_bytes()
+
+    def end_epoch(
+        self,
+        state: EpochState,
+        used: SelectionUsed,
+        test_loss: float,
+        test_accuracy: float,
+        lr: float,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Close the epoch: its record (appended to :attr:`history`), the gauges; returns the record."""
+        prev = self.history[-1] if self.history else None
+        seen = max(state.seen, 1)
+        record: dict[str, Any] = {
+            "epoch": state.epoch,
+            "train_loss": state.loss_sum / seen,
+            "train_weighted_loss": state.weighted_loss_sum / seen,
+            "train_accuracy": state.correct / seen,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "samples": state.seen,
+            "steps": state.step,
+            "subset_size": state.subset_size or state.seen,
+            "selection_id": used.id,
+            "selection_proxy_version": used.proxy_version,
+            "selection_seconds": used.selection_seconds,
+            "selected_bytes": state.selected_bytes,
+            "payload_bytes": state.payload_bytes,
+            "epoch_seconds": state.seconds,
+            "data_wait_seconds": state.data_wait,
+            "selection_wait_seconds": state.selection_wait,
+            "bytes_to_trainer": state.bytes_to_trainer,
+            "bytes_to_storage": state.bytes_to_storage,
+            "lr_end": lr,
+            "wall_seconds": (prev["wall_seconds"] if prev else 0.0) + state.seconds,
+            "bytes_to_trainer_total": (prev["bytes_to_trainer_total"] if prev else 0) + state.bytes_to_trainer,
+            "bytes_to_storage_total": (prev["bytes_to_storage_total"] if prev else 0) + state.bytes_to_storage,
+            **(extra or {}),
+        }
+        self.history.append(record)
+        TRAINER_EPOCH.set(state.epoch)
+        TRAINER_SUBSET_SIZE.labels(dataset=self.dataset).set(record["subset_size"])
+        TRAINER_EPOCH_DURATION.observe(state.seconds)
+        TRAINER_LOSS.labels(split="train").set(record["train_loss"])
+        TRAINER_LOSS.labels(split="test").set(test_loss)
+        TRAINER_ACCURACY.labels(split="train").set(record["train_accuracy"])
+        TRAINER_ACCURACY.labels(split="test").set(test_accuracy)
+        return record
+
+    @staticmethod
+    def epoch_line(method: str, epochs: int, record: dict[str, Any]) -> str:
+        """The one-line summary of an epoch (``epoch N/E``, counted from 1, the way resume messages count)."""
+        wait = record["data_wait_seconds"]
+        secs = record["epoch_seconds"]
+        share = f" ({100 * wait / secs:.0f} %)" if secs > 0 and math.isfinite(wait) else ""
+        return (
+            f"{method} epoch {record['epoch'] + 1}/{epochs}: loss {record['train_loss']:.4f}, test acc "
+            f"{record['test_accuracy'] * 100:.2f} % | {record['samples']} samples in {secs:.2f} s, data wait "
+            f"{wait:.2f} s{share}, {format_bytes(record['bytes_to_trainer'])} in, "
+            f"{format_bytes(record['bytes_to_storage'])} out"
+        )

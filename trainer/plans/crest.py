@@ -1,0 +1,191 @@
+"""CREST's loop: mini-batch coresets, reselected when the quadratic loss model drifts.
+
+Each epoch has the step budget of a ``fraction`` epoch. At a selection point the plan pushes a proxy and asks for
+``P`` mini-batch coresets of ``batch_size`` samples, trains on them in order (fetching each when it is needed, then
+cycling from memory), and every ``T1`` steps checks CREST's quadratic model (:class:`~nessa.trainer.drift.
+DriftMonitor`) on a check set V_r of random training samples (streamed once per run); when ρ > τ it reselects.
+The quadratic model is fitted on the selection's first coreset (the CREST code averages over the ``P`` coresets;
+the others are fetched only when trained on, so a reselection after a few steps wastes no bytes). Selections are
+not pipelined (the trigger decides when to select), so their time is data wait; proxies are versioned by the
+global step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from nessa.trainer.batches import TrainBatch
+from nessa.trainer.drift import DriftMonitor
+from nessa.trainer.meter import EpochState
+from nessa.trainer.plans.base import Plan
+
+from nessa.errors import FailedPreconditionError
+from nessa.order import epoch_seed
+from nessa.pipeline import Decode, Rebatch, SelectionSource
+from nessa.records import Selection
+
+__all__ = ["CrestPlan"]
+
+
+class CrestPlan(Plan):
+    """CREST (Yang et al., 2023) as the trainer runs it; see the module docstring."""
+
+    name = "crest"
+
+    def __init__(self, trainer: Any) -> None:
+        super().__init__(trainer)
+        cfg = trainer.config
+        self.monitor = DriftMonitor(
+            trainer.model,
+            tau=cfg.crest_tau,
+            interval_mul=cfg.crest_interval_mul,
+            batch_num_mul=cfg.crest_batch_num_mul,
+            seed=cfg.seed,
+        )
+        self.num_minibatches = int(cfg.crest_batch_num_mul)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The drift monitor and the current number of coresets per selection."""
+        return {"monitor": self.monitor.state_dict(), "num_minibatches": self.num_minibatches}
+
+    def run(self, start_epoch: int, current: EpochState | None, saved: dict[str, Any] | None) -> None:
+        """Train epochs ``start_epoch ..``."""
+        t = self.trainer
+        cfg = t.config
+        if saved:
+            self.monitor.load_state_dict(saved["monitor"], t.device)
+            self.num_minibatches = int(saved.get("num_minibatches", self.num_minibatches))
+        steps_per_epoch = self.steps_per_epoch()
+        cycle: _Cycle | None = None
+        check: tuple[torch.Tensor, torch.Tensor] | None = None
+        interval, since = 1, 0
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
+                current = None
+                t0 = time.perf_counter()
+                reselect = cycle is None
+                while state.step < steps_per_epoch:
+                    if reselect or cycle is None:
+                        if cycle is not None:
+                            cycle.close()
+                        started = time.perf_counter()
+                        if check is None:
+                            check = self.check_set()
+                        cycle = self.select(epoch, state)
+                        batch, _ = cycle.next()
+                        d = t.device
+                        self.monitor.reset(batch.x.to(d), batch.y.to(d), batch.w.to(d), check[0], check[1])
+                        interval, self.num_minibatches = self.monitor.adapt(steps_per_epoch)
+                        t.meter.wait(state, time.perf_counter() - started, selection=True)
+                        state.reselections += 1
+                        since, reselect = 0, False
+                    else:
+                        batch, waited = cycle.next()
+                        t.meter.wait(state, waited)
+                    t.train_step(batch, state, steps_per_epoch)
+                    since += 1
+                    if since % interval == 0:
+                        result = self.monitor.check()
+                        state.checks += 1
+                        state.rho_sum += result.rho if math.isfinite(result.rho) else 0.0
+                        reselect = result.reselect
+                    t0 = t.maybe_checkpoint_mid(state, cycle.selection, self.state_dict(), t0)
+                state.seconds += time.perf_counter() - t0
+                if cycle is None:
+                    raise FailedPreconditionError("CREST trained an epoch without a selection")
+                extra = {
+                    "reselections": state.reselections,
+                    "drift_checks": state.checks,
+                    "mean_rho": state.rho_sum / state.checks if state.checks else None,
+                }
+                t.end_epoch(state, cycle.selection, self.state_dict(), extra=extra)
+        finally:
+            if cycle is not None:
+                cycle.close()
+
+    def check_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """CREST's V_r: ``crest_check_size`` random training samples (seeded), streamed once per run."""
+        t = self.trainer
+        cfg = t.config
+        n = t.info.num_samples
+        rng = np.random.default_rng(epoch_seed(cfg.seed, 0) ^ 0x5EED)
+        idx = np.sort(rng.choice(n, size=min(n, cfg.crest_check_size), replace=False)).astype(np.int64)
+        source = SelectionSource(t.client, idx, dataset=cfg.dataset, message_size=1024)
+        xs, ys = [], []
+        with Decode(Rebatch(source, 1024), t.decoder.batch) as batches:
+            for tb in batches:
+                xs.append(tb.x)
+                ys.append(tb.y)
+        return torch.cat(xs).to(t.device), torch.cat(ys).to(t.device)
+
+    def select(self, epoch: int, state: EpochState) -> _Cycle:
+        """Push a proxy and ask for ``num_minibatches`` mini-batch coresets of ``batch_size`` samples."""
+        t = self.trainer
+        cfg = t.config
+        global_step = epoch * self.steps_per_epoch() + state.step
+        t.push_proxy(t.export_proxy(global_step))
+        sel = t.select(
+            method="crest",
+            count=min(t.info.num_samples, self.num_minibatches * cfg.batch_size),
+            seed=epoch_seed(cfg.seed, global_step),
+            proxy_version=global_step,
+            options={**cfg.options, "minibatch_size": cfg.batch_size},
+        )
+        t.log_selection(epoch, sel, step=state.step)
+        state.selected_bytes += sel.selected_bytes
+        return _Cycle(t, sel, seed=epoch_seed(cfg.seed, global_step))
+
+
+class _Cycle:
+    """A CREST selection as training batches: its coresets in order (each fetched when asked), then cycled.
+
+    No read-ahead: a drift check may end the selection after any step, and bytes streamed ahead would be wasted.
+    """
+
+    def __init__(self, trainer: Any, selection: Selection, seed: int) -> None:
+        self.selection = selection
+        self._trainer = trainer
+        b = trainer.config.batch_size
+        self._parts = [selection.part(lo, lo + b) for lo in range(0, len(selection), b)]
+        self._current: Decode[TrainBatch] | None = None
+        self._batches: Iterator[TrainBatch] | None = self._coresets()
+        self._cache: list[TrainBatch] = []
+        self._order: list[int] = []
+        self._rng = np.random.default_rng(seed)
+
+    def _coresets(self) -> Iterator[TrainBatch]:
+        b = self._trainer.config.batch_size
+        for part in self._parts:
+            source = SelectionSource(self._trainer.client, part, message_size=b)
+            self._current = Decode(Rebatch(source, b), self._trainer.decoder.batch)
+            with self._current as batches:
+                yield from batches
+            self._current = None
+
+    def next(self) -> tuple[TrainBatch, float]:
+        """The next batch and the seconds waited for it."""
+        start = time.perf_counter()
+        if self._batches is not None:
+            batch = next(self._batches, None)
+            if batch is not None:
+                self._cache.append(batch)
+                return batch, time.perf_counter() - start
+            self.close()
+            if not self._cache:
+                raise FailedPreconditionError("the CREST selection streamed no samples")
+        if not self._order:
+            self._order = self._rng.permutation(len(self._cache)).tolist()
+        return self._cache[self._order.pop()], time.perf_counter() - start
+
+    def close(self) -> None:
+        """Stop fetching (a reselection or the end of the run)."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        self._batches = None
