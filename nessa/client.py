@@ -428,6 +428,7 @@ class StorageClient:
         engine: str = "",
         options: dict[str, Any] | None = None,
         timeout: float | None = None,
+        session: str = "",
         **method_options: Any,
     ) -> Selection:
         """Ask the daemon for a weighted subset of ``dataset``.
@@ -444,6 +445,8 @@ class StorageClient:
             engine: proxy engine (``opencl``, ``torch``, ``numpy``); "" for the daemon's default.
             options: method options (also accepted as keyword arguments).
             timeout: deadline (default ``select_timeout``).
+            session: a selection session (e.g. a training run's id): the daemon keeps the selector's state between
+                calls of the same session (``drop_learned``, AdaCore's averages); "" selects statelessly.
             **method_options: method options.
 
         Raises:
@@ -462,6 +465,7 @@ class StorageClient:
             seed=int(seed),
             options={k: json.dumps(v) for k, v in opts.items()},
             engine=engine,
+            session=session,
         )
         if fraction is not None:
             request.fraction = float(fraction)
@@ -478,11 +482,14 @@ class StorageClient:
                 metadata=self._metadata,
             )
         )
+        return self._selection(reply)
+
+    def _selection(self, reply: pb.Selection) -> Selection:
+        """The record of a reply, fetching indices and weights when the reply was too large to hold them."""
         meta_bytes = reply.ByteSize()
         self._count("metadata", meta_bytes)
         if reply.inline:
             return Selection.from_pb(reply, metadata_bytes=meta_bytes)
-        # Too large for one reply: fetch indices and weights as a metadata-only stream.
         parts_i, parts_w = [], []
         for batch in self.stream(reply.id, batch_size=65536, metadata_only=True):
             parts_i.append(batch.indices)
@@ -491,6 +498,42 @@ class StorageClient:
         indices = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
         weights = np.concatenate(parts_w) if parts_w else np.zeros(0, np.float32)
         return Selection.from_pb(reply, indices, weights, metadata_bytes=meta_bytes)
+
+    def get_selection(self, selection_id: str) -> Selection:
+        """A selection the daemon made earlier (``NotFoundError`` if it no longer keeps it)."""
+        reply = self._retrying(
+            lambda: self.stub.GetSelection(
+                pb.GetSelectionRequest(id=selection_id), timeout=self.timeout, metadata=self._metadata
+            )
+        )
+        return self._selection(reply)
+
+    def selections(self, dataset: str = "") -> list[Selection]:
+        """The selections the daemon keeps (of ``dataset``, or all), newest first, without indices and weights."""
+        reply = self._retrying(
+            lambda: self.stub.ListSelections(
+                pb.ListSelectionsRequest(dataset=dataset), timeout=self.timeout, metadata=self._metadata
+            )
+        )
+        return [Selection.from_pb(msg) for msg in reply.selections]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The selection sessions whose selector state the daemon keeps, most recently used first."""
+        reply = self._retrying(
+            lambda: self.stub.ListSessions(pb.ListSessionsRequest(), timeout=self.timeout, metadata=self._metadata)
+        )
+        return [
+            {
+                "session": m.session,
+                "dataset": m.dataset,
+                "method": m.method,
+                "rounds": int(m.rounds),
+                "parts": int(m.parts),
+                "state_bytes": int(m.state_bytes),
+                "updated_unix": float(m.updated_unix),
+            }
+            for m in reply.sessions
+        ]
 
     def stream(
         self,

@@ -42,6 +42,8 @@ __all__ = [
     "SELECTION_DURATION",
     "SELECTION_OBJECTIVE",
     "SELECTION_SIZE",
+    "SESSIONS",
+    "SESSIONS_EVICTED",
     "TRAINER_ACCURACY",
     "TRAINER_BYTES_RECEIVED",
     "TRAINER_DATA_WAIT",
@@ -132,6 +134,10 @@ ACTIVE_SELECTIONS = Gauge("nessa_active_selections", "Select calls in progress."
 SELECTION_CACHE_BYTES = Gauge(
     "nessa_selection_cache_bytes",
     "Memory held by the daemon's cache of recent selections (indices and weights).",
+)
+SESSIONS = Gauge("nessa_sessions", "Selection sessions whose selector state the daemon keeps.")
+SESSIONS_EVICTED = Counter(
+    "nessa_sessions_evicted_total", "Selection sessions dropped, oldest first, to stay within the session limit."
 )
 RPC_ERRORS = Counter(
     "nessa_rpc_errors_total",

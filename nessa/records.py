@@ -69,6 +69,8 @@ class Selection:
         budget_rule: how the budget was spread.
         options: options used (defaults filled in).
         extras: method-specific outputs.
+        session: the selection session whose selector state was used and updated ("" for a stateless selection).
+        session_round: calls of that session (dataset, method) so far, this one included (0 when stateless).
         cached: the daemon returned a selection it had made before for the same request (reply only).
         metadata_bytes: bytes the reply (and the index fetch, for large ones) took on the wire (client only).
     """
@@ -88,6 +90,8 @@ class Selection:
     budget_rule: str = "global"
     options: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    session: str = ""
+    session_round: int = 0
     cached: bool = False
     metadata_bytes: int = 0
 
@@ -136,6 +140,8 @@ class Selection:
             options_json=json.dumps(self.options, sort_keys=True),
             extras_json=json.dumps(self.extras, sort_keys=True),
             budget_rule=self.budget_rule,
+            session=self.session,
+            session_round=self.session_round,
         )
         if inline:
             msg.indices.extend(self.indices.tolist())
@@ -170,6 +176,8 @@ class Selection:
             budget_rule=msg.budget_rule,
             options=json.loads(msg.options_json or "{}"),
             extras=json.loads(msg.extras_json or "{}"),
+            session=msg.session,
+            session_round=int(msg.session_round),
             cached=bool(msg.cached),
             metadata_bytes=int(metadata_bytes),
         )
@@ -192,6 +200,8 @@ class Selection:
             "budget_rule": self.budget_rule,
             "options": self.options,
             "extras": self.extras,
+            "session": self.session,
+            "session_round": int(self.session_round),
         }
 
     @classmethod
@@ -214,6 +224,8 @@ class Selection:
             budget_rule=meta.get("budget_rule", "global"),
             options=dict(meta.get("options", {})),
             extras=dict(meta.get("extras", {})),
+            session=str(meta.get("session", "")),
+            session_round=int(meta.get("session_round", 0)),
         )
 
     def to_state(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ RESUME_KEYS = (
     "crest_interval_mul",
     "crest_batch_num_mul",
     "crest_check_size",
+    "crest_warmup",
 )
 
 
@@ -91,7 +92,7 @@ class TrainConfig:
         warmup_epochs: linear warm-up length in epochs.
         seed: seeds the model's initialisation, the selections and the per-epoch order.
         reselect_every: select every this many epochs and train on the same selection in between (R of
-            ALGORITHMS.md B4; CRAIG's code uses 1, its paper also 5). Not used by ``crest``, which has its trigger.
+            CRAIG's code uses 1, its paper also 5). Not used by ``crest``, which has its trigger.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
         checkpoint_dir: where to checkpoint (and resume from); ``None`` disables checkpoints.
@@ -109,6 +110,8 @@ class TrainConfig:
         crest_interval_mul: CREST's h (check interval multiplier).
         crest_batch_num_mul: CREST's b (mini-batch coresets per check interval).
         crest_check_size: samples in CREST's check set V_r, drawn at random from the training set once per run.
+        crest_warmup: before CREST's first selection, train this fraction of an epoch's steps on random mini-batches
+            of the whole set (CREST's code trains one such fractional epoch: 1.0); 0 selects at step 0.
         eval_batch_size: batch size of evaluation.
         prefetch_batches: decoded batches kept ready by the prefetch thread.
         stream_batch_size: samples per streamed message (0: ``batch_size``).
@@ -117,6 +120,8 @@ class TrainConfig:
             models by an order of magnitude.
         progress: show a progress bar.
         progress_desc: the bar's label (default: the method).
+        session: the selection session the daemon keeps selector state under (``drop_learned``, AdaCore's
+            averages); "" uses the run's id (saved in the checkpoint, so a resumed run continues its session).
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
     """
@@ -150,6 +155,7 @@ class TrainConfig:
     crest_interval_mul: float = 1.0
     crest_batch_num_mul: int = 5
     crest_check_size: int = 512
+    crest_warmup: float = 1.0
     eval_batch_size: int = 1024
     prefetch_batches: int = 4
     stream_batch_size: int = 0
@@ -157,6 +163,7 @@ class TrainConfig:
     progress: bool = True
     progress_desc: str | None = None
     plan: str = ""
+    session: str = ""
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -191,6 +198,8 @@ class TrainConfig:
             raise InvalidArgumentError(f"quantize must be 'int8' or None; got {self.quantize!r}")
         if not math.isfinite(self.crest_tau) or self.crest_tau <= 0 or self.crest_interval_mul <= 0:
             raise InvalidArgumentError("crest_tau and crest_interval_mul must be > 0")
+        if not (math.isfinite(self.crest_warmup) and self.crest_warmup >= 0):
+            raise InvalidArgumentError(f"crest_warmup must be a fraction of an epoch >= 0; got {self.crest_warmup!r}")
         if self.method == "crest" and self.options.get("minibatch_size", self.batch_size) != self.batch_size:
             raise InvalidArgumentError(
                 "crest's minibatch_size option must equal --batch-size (each mini-batch coreset is one training batch)"

@@ -1,7 +1,7 @@
 """CREST's loss-drift trigger on the trainer side: the quadratic model at a selection point and its check.
 
 The storage daemon picks CREST's mini-batch coresets; the trainer, which owns the full-precision model, decides
-*when* to ask for new ones (ALGORITHMS.md §4). At each selection point w_l the :class:`DriftMonitor` builds the
+*when* to ask for new ones (docs/algorithms.md, CREST). At each selection point w_l the :class:`DriftMonitor` builds the
 quadratic model F_l(δ) = L(w_l) + gᵀδ + ½ δᵀ(h ⊙ δ) of the loss on a random check set V_r
 (:class:`nessa.selection.crest.QuadraticLossModel`), where
 
@@ -96,7 +96,7 @@ class DriftMonitor:
         interval_mul: float = 1.0,
         batch_num_mul: int = 5,
         beta2: float = 0.999,
-        eps: float = 1e-8,
+        eps: float = 1e-4,
         hutchinson_samples: int = 1,
         seed: int = 0,
     ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,7 @@ class Trainer:
         self.selections: list[dict[str, Any]] = []  # every selection used: epoch, id, proxy version, timings
         self.pushed_versions: list[int] = []
         self.resumed_selection: Selection | None = None
+        self.run_id = config.session or f"run-{uuid.uuid4().hex[:16]}"
         self._bar: Any = None
         self._metrics_server: Any = None
 
@@ -122,8 +124,13 @@ class Trainer:
         fraction: float | None = None,
         count: int | None = None,
         options: dict[str, Any] | None = None,
+        stateless: bool = False,
     ) -> Selection:
-        """Ask the daemon for a selection of the training dataset made with proxy ``proxy_version``."""
+        """Ask the daemon for a selection of the training dataset made with proxy ``proxy_version``.
+
+        It is made in the run's selection session (the daemon keeps the selector's state between calls) unless
+        ``stateless``.
+        """
         cfg = self.config
         sel = self.client.select(
             cfg.dataset,
@@ -134,6 +141,7 @@ class Trainer:
             proxy_version=proxy_version,
             engine=cfg.engine,
             options=cfg.options if options is None else options,
+            session="" if stateless else self.run_id,
         )
         if proxy_version is not None and sel.proxy_version != proxy_version:
             raise FailedPreconditionError(
@@ -251,7 +259,12 @@ class Trainer:
             next_epoch=next_epoch,
             current=current,
             selection=sel,
-            plan_state={**plan_state, "selections": self.selections, "pushed_versions": self.pushed_versions},
+            plan_state={
+                **plan_state,
+                "selections": self.selections,
+                "pushed_versions": self.pushed_versions,
+                "run_id": self.run_id,
+            },
             history=self.meter.history,
             totals=self.meter.totals,
             finished=finished,
@@ -269,6 +282,7 @@ class Trainer:
         plan_state = Checkpoint.plan_state(ckpt)
         self.selections = list(plan_state.pop("selections", []))
         self.pushed_versions = list(plan_state.pop("pushed_versions", []))
+        self.run_id = str(plan_state.pop("run_id", self.run_id))
         ckpt["plan"] = plan_state
         self.resumed_selection = Checkpoint.selection(ckpt)
         return ckpt
@@ -361,6 +375,7 @@ class Trainer:
                 "reselect_every": cfg.reselect_every,
                 "pipeline": cfg.pipeline,
                 "plan": self.plan.name,
+                "session": self.run_id,
                 "method_options": dict(cfg.options),
                 "pushed_proxy_versions": list(self.pushed_versions),
                 "selections": list(self.selections),

@@ -184,6 +184,13 @@ class Selector:
         """The inputs this instance needs with its options (default: the class's ``requires``)."""
         return tuple(self.requires)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state this instance carries from one ``select`` call to the next (JSON-able; ``{}``: none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of an instance with the same options."""
+
     def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
         """Candidate positions whose per-sample features :meth:`select` will read, or ``None`` for all of them.
 

@@ -77,7 +77,7 @@ class ProxyAck(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., previous_version: _Optional[int] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("dataset", "method", "fraction", "count", "budget_rule", "seed", "options", "proxy_version", "candidates", "engine")
+    __slots__ = ("dataset", "method", "fraction", "count", "budget_rule", "seed", "options", "proxy_version", "candidates", "engine", "session")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class SelectRequest(_message.Message):
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     method: str
     fraction: float
@@ -105,7 +106,8 @@ class SelectRequest(_message.Message):
     proxy_version: int
     candidates: _containers.RepeatedScalarFieldContainer[int]
     engine: str
-    def __init__(self, dataset: _Optional[str] = ..., method: _Optional[str] = ..., fraction: _Optional[float] = ..., count: _Optional[int] = ..., budget_rule: _Optional[str] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., engine: _Optional[str] = ...) -> None: ...
+    session: str
+    def __init__(self, dataset: _Optional[str] = ..., method: _Optional[str] = ..., fraction: _Optional[float] = ..., count: _Optional[int] = ..., budget_rule: _Optional[str] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[int] = ..., candidates: _Optional[_Iterable[int]] = ..., engine: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("read_seconds", "proxy_forward_seconds", "selection_seconds", "total_seconds")
@@ -120,7 +122,7 @@ class Timings(_message.Message):
     def __init__(self, read_seconds: _Optional[float] = ..., proxy_forward_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class Selection(_message.Message):
-    __slots__ = ("id", "dataset", "method", "indices", "weights", "objective", "proxy_version", "timings", "class_counts", "num_candidates", "size", "selected_bytes", "candidate_bytes", "inline", "cached", "options_json", "extras_json", "budget_rule")
+    __slots__ = ("id", "dataset", "method", "indices", "weights", "objective", "proxy_version", "timings", "class_counts", "num_candidates", "size", "selected_bytes", "candidate_bytes", "inline", "cached", "options_json", "extras_json", "budget_rule", "session", "session_round")
     class ClassCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,8 @@ class Selection(_message.Message):
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
     BUDGET_RULE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ROUND_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset: str
     method: str
@@ -164,7 +168,55 @@ class Selection(_message.Message):
     options_json: str
     extras_json: str
     budget_rule: str
-    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., objective: _Optional[float] = ..., proxy_version: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., class_counts: _Optional[_Mapping[int, int]] = ..., num_candidates: _Optional[int] = ..., size: _Optional[int] = ..., selected_bytes: _Optional[int] = ..., candidate_bytes: _Optional[int] = ..., inline: _Optional[bool] = ..., cached: _Optional[bool] = ..., options_json: _Optional[str] = ..., extras_json: _Optional[str] = ..., budget_rule: _Optional[str] = ...) -> None: ...
+    session: str
+    session_round: int
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., objective: _Optional[float] = ..., proxy_version: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., class_counts: _Optional[_Mapping[int, int]] = ..., num_candidates: _Optional[int] = ..., size: _Optional[int] = ..., selected_bytes: _Optional[int] = ..., candidate_bytes: _Optional[int] = ..., inline: _Optional[bool] = ..., cached: _Optional[bool] = ..., options_json: _Optional[str] = ..., extras_json: _Optional[str] = ..., budget_rule: _Optional[str] = ..., session: _Optional[str] = ..., session_round: _Optional[int] = ...) -> None: ...
+
+class GetSelectionRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListSelectionsRequest(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+
+class ListSelectionsResponse(_message.Message):
+    __slots__ = ("selections",)
+    SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    selections: _containers.RepeatedCompositeFieldContainer[Selection]
+    def __init__(self, selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session", "dataset", "method", "rounds", "parts", "state_bytes", "updated_unix")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    dataset: str
+    method: str
+    rounds: int
+    parts: int
+    state_bytes: int
+    updated_unix: float
+    def __init__(self, session: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., rounds: _Optional[int] = ..., parts: _Optional[int] = ..., state_bytes: _Optional[int] = ..., updated_unix: _Optional[float] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
 
 class Partition(_message.Message):
     __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip", "worker_skip")

@@ -59,6 +59,21 @@ class StorageStub:
                 request_serializer=nessa_dot_v1_dot_storage__pb2.StreamRequest.SerializeToString,
                 response_deserializer=nessa_dot_v1_dot_storage__pb2.SampleBatch.FromString,
                 _registered_method=True)
+        self.GetSelection = channel.unary_unary(
+                '/nessa.v1.Storage/GetSelection',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.GetSelectionRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.Selection.FromString,
+                _registered_method=True)
+        self.ListSelections = channel.unary_unary(
+                '/nessa.v1.Storage/ListSelections',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.ListSelectionsRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.ListSelectionsResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/nessa.v1.Storage/ListSessions',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -99,6 +114,27 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSelection(self, request, context):
+        """A selection made earlier, by id (indices and weights inline when they fit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSelections(self, request, context):
+        """The selections this daemon keeps (without their indices), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The selection sessions whose selector state this daemon keeps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +162,21 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.StreamSamples,
                     request_deserializer=nessa_dot_v1_dot_storage__pb2.StreamRequest.FromString,
                     response_serializer=nessa_dot_v1_dot_storage__pb2.SampleBatch.SerializeToString,
+            ),
+            'GetSelection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSelection,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.GetSelectionRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.Selection.SerializeToString,
+            ),
+            'ListSelections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSelections,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.ListSelectionsRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.ListSelectionsResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +314,87 @@ class Storage:
             '/nessa.v1.Storage/StreamSamples',
             nessa_dot_v1_dot_storage__pb2.StreamRequest.SerializeToString,
             nessa_dot_v1_dot_storage__pb2.SampleBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSelection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/GetSelection',
+            nessa_dot_v1_dot_storage__pb2.GetSelectionRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.Selection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSelections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/ListSelections',
+            nessa_dot_v1_dot_storage__pb2.ListSelectionsRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.ListSelectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/ListSessions',
+            nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

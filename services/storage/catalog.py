@@ -8,12 +8,13 @@ daemon's own state, ingest temporaries) are not datasets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,71 +49,85 @@ def check_name(name: str) -> str:
 
 @dataclass
 class DatasetEntry:
-    """One opened dataset and the facts the daemon reports about it.
+    """One opened dataset: its reader, and the facts the daemon reports about it (read from the reader).
 
     Attributes:
         name: the dataset's name (its directory name).
         path: its directory.
-        reader: the store's reader (thread-safe reads of sample bytes).
-        labels: int64 label per sample.
-        sizes: int64 stored bytes per sample.
-        num_classes: number of classes.
-        class_names: class names (may be empty).
-        codec: ``raw``, ``png``, ``jpeg`` or ``bytes``.
-        sample_shape: shape of one decoded sample (``()`` for encoded codecs).
-        dtype: dtype of one decoded sample ("" for encoded codecs).
-        total_bytes: sum of the stored sample bytes.
-        num_shards: LMDB shards.
+        reader: the store's reader (thread-safe reads of sample bytes); every other fact comes from it.
         fingerprint: SHA-256 of ``manifest.json`` (changes when the dataset is re-ingested).
-        class_counts: samples per label.
     """
 
     name: str
     path: Path
     reader: DatasetReader
-    labels: np.ndarray
-    sizes: np.ndarray
-    num_classes: int
-    class_names: list[str]
-    codec: str
-    sample_shape: tuple[int, ...]
-    dtype: str
-    total_bytes: int
-    num_shards: int
     fingerprint: str
-    class_counts: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.reader)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 label per sample."""
+        return self.reader.labels
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Stored bytes per sample."""
+        return self.reader.sizes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return int(self.reader.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names (may be empty)."""
+        return [str(c) for c in self.reader.class_names]
+
+    @property
+    def codec(self) -> str:
+        """``raw``, ``png``, ``jpeg`` or ``bytes``."""
+        return str(self.reader.codec.kind)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded sample (``()`` for encoded codecs)."""
+        return tuple(int(d) for d in (self.reader.sample_shape or ()))
+
+    @property
+    def dtype(self) -> str:
+        """Dtype of one decoded sample ("" for encoded codecs)."""
+        dtype = self.reader.dtype
+        return str(np.dtype(dtype)) if dtype is not None else ""
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the stored sample bytes."""
+        return int(self.reader.total_bytes)
+
+    @property
+    def num_shards(self) -> int:
+        """LMDB shards."""
+        return int(self.reader.num_shards)
+
+    @functools.cached_property
+    def class_counts(self) -> list[int]:
+        """Samples per label."""
+        labels, n = self.labels, self.num_classes
+        counts = np.bincount(labels, minlength=n) if len(labels) else np.zeros(n, np.int64)
+        return [int(c) for c in counts]
 
     def nbytes(self, indices: np.ndarray | Sequence[int]) -> int:
         """Stored bytes of the given samples."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return int(self.sizes[idx].sum()) if idx.size else 0
+        return int(self.reader.nbytes(indices))
 
 
 def _open_entry(name: str, path: Path) -> DatasetEntry:
     reader = open_dataset(path)
-    labels = np.asarray(reader.labels, dtype=np.int64)
-    num_classes = int(reader.num_classes)
-    counts = np.bincount(labels, minlength=num_classes) if len(labels) else np.zeros(num_classes, np.int64)
-    dtype = reader.dtype
-    return DatasetEntry(
-        name=name,
-        path=path,
-        reader=reader,
-        labels=labels,
-        sizes=np.asarray(reader.sizes, dtype=np.int64),
-        num_classes=num_classes,
-        class_names=[str(c) for c in reader.class_names],
-        codec=str(reader.codec.kind),
-        sample_shape=tuple(int(d) for d in (reader.sample_shape or ())),
-        dtype=str(np.dtype(dtype)) if dtype is not None else "",
-        total_bytes=int(reader.total_bytes),
-        num_shards=int(reader.num_shards),
-        fingerprint=hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest(),
-        class_counts=[int(c) for c in counts],
-    )
+    fingerprint = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    return DatasetEntry(name=name, path=path, reader=reader, fingerprint=fingerprint)
 
 
 class Catalog:

@@ -37,6 +37,8 @@ class DaemonConfig:
         max_concurrent_selections: Select calls that may run at once (more get RESOURCE_EXHAUSTED).
         selection_cache_bytes: memory for recent selections kept in memory (older ones are reloaded from disk).
         max_saved_selections: selections kept on disk (oldest removed first).
+        max_sessions: selection sessions (session, dataset, method) whose selector state is kept (least recently
+            used dropped first).
         proxy_batch_size: samples per proxy forward batch (cancellation is checked between batches).
         grace_seconds: on shutdown, how long in-flight calls may finish.
         drain_seconds: on shutdown, how long health reports NOT_SERVING before new calls are refused.
@@ -59,6 +61,7 @@ class DaemonConfig:
     max_concurrent_selections: int = 4
     selection_cache_bytes: int = 256 * MIB
     max_saved_selections: int = 256
+    max_sessions: int = 256
     proxy_batch_size: int = 1024
     grace_seconds: float = 10.0
     drain_seconds: float = 1.0
@@ -91,7 +94,13 @@ class DaemonConfig:
             raise InvalidArgumentError(
                 f"default_batch_bytes must be in (0, {self.max_batch_bytes}] (the message limit less headroom)"
             )
-        for name in ("max_workers", "max_concurrent_selections", "proxy_batch_size", "max_saved_selections"):
+        for name in (
+            "max_workers",
+            "max_concurrent_selections",
+            "proxy_batch_size",
+            "max_saved_selections",
+            "max_sessions",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.state_dir is None:

@@ -101,6 +101,15 @@ class SelectionStore:
         except NotFoundError:
             return None
 
+    def list(self, dataset: str = "") -> list[Selection]:
+        """The saved selections (of ``dataset``, or all), newest first."""
+        out = []
+        for path in sorted(self.dir.glob("sel-*.npz"), key=_mtime_ns, reverse=True) if self.dir.is_dir() else []:
+            sel = self.find(path.stem)
+            if sel is not None and (not dataset or sel.dataset == dataset):
+                out.append(sel)
+        return out
+
     def _remember(self, sel: Selection) -> None:
         with self._lock:
             old = self._cache.pop(sel.id, None)

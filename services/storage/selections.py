@@ -25,6 +25,7 @@ from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.proxies import ProxyRecord, ProxyStore
 from nessa.services.storage.selection_store import SelectionStore
+from nessa.services.storage.sessions import WHOLE, SessionState, SessionStore
 
 from nessa.errors import (
     FailedPreconditionError,
@@ -71,6 +72,7 @@ class SelectionParams:
         proxy_version: the proxy version the caller expects, or ``None`` for whatever is held.
         candidates: dataset indices to select from, or ``None`` for all.
         engine: proxy engine name, or "" for the daemon's default.
+        session: the selection session (its selector state is loaded and saved), or "" for a stateless selection.
     """
 
     dataset: str
@@ -83,6 +85,7 @@ class SelectionParams:
     proxy_version: int | None = None
     candidates: np.ndarray | None = None
     engine: str = ""
+    session: str = ""
 
 
 def _canonical(value: Any) -> str:
@@ -104,6 +107,7 @@ class SelectionService:
         store: where selections are kept.
         max_concurrent: Select calls that may run at once.
         proxy_batch_size: samples per proxy-forward batch.
+        sessions: where selection sessions' selector states are kept (``None``: sessions are refused).
     """
 
     def __init__(
@@ -114,12 +118,14 @@ class SelectionService:
         store: SelectionStore,
         max_concurrent: int = 4,
         proxy_batch_size: int = 1024,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.proxies = proxies
         self.engines = engines
         self.store = store
         self.proxy_batch_size = int(proxy_batch_size)
+        self.sessions = sessions
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self.max_concurrent = int(max_concurrent)
 
@@ -170,8 +176,21 @@ class SelectionService:
             "proxy": record.sha256 if record is not None else None,
             "engine": engine_name or None,
         }
+        job = _Job(entry, params, rule, candidates, budget, record, engine_name, cancel, start)
+        if not params.session:
+            return self._select(job, key, None)
+        if self.sessions is None:
+            raise FailedPreconditionError("this daemon keeps no selection sessions; send the request without one")
+        with self.sessions.open(params.session, entry.name, params.method) as state:
+            # The id covers the state the selector starts from: the same request on the same state is the same
+            # selection; a new round (the state moved on) is a new one.
+            key["session"] = [params.session, hashlib.sha256(_canonical(state.parts).encode()).hexdigest()]
+            return self._select(job, key, state)
+
+    def _select(self, job: _Job, key: dict[str, Any], state: SessionState | None) -> tuple[Selection, bool]:
+        entry, params = job.entry, job.params
         selection_id = "sel-" + hashlib.sha256(_canonical(key).encode()).hexdigest()[:24]
-        candidate_bytes = entry.nbytes(candidates)
+        candidate_bytes = entry.nbytes(job.candidates)
         found = self.store.find(selection_id)
         if found is not None:
             SELECTIONS.labels(dataset=entry.name, method=params.method, cached="true").inc()
@@ -184,14 +203,17 @@ class SelectionService:
             )
         ACTIVE_SELECTIONS.inc()
         try:
-            sel = self._run(entry, params, selector, rule, candidates, budget, record, engine_name, cancel)
+            sel = self._run(job, state.parts if state is not None else None)
         finally:
             ACTIVE_SELECTIONS.dec()
             self._slots.release()
         sel.id = selection_id
         sel.candidate_bytes = candidate_bytes
-        sel.timings = dataclasses.replace(sel.timings, total_seconds=time.perf_counter() - start)
-        cancel.check()
+        sel.timings = dataclasses.replace(sel.timings, total_seconds=time.perf_counter() - job.start)
+        if state is not None:
+            state.rounds += 1
+            sel.session, sel.session_round = state.session, state.rounds
+        job.cancel.check()
         self.store.put(sel)
         SELECTION_DURATION.labels(method=params.method).observe(sel.timings.total_seconds)
         SELECTION_SIZE.labels(dataset=entry.name, method=params.method).set(len(sel.indices))
@@ -199,7 +221,7 @@ class SelectionService:
         SELECTIONS.labels(dataset=entry.name, method=params.method, cached="false").inc()
         BYTES_FULL_EPOCH.labels(dataset=entry.name).inc(candidate_bytes)
         log.info("dataset %s: %s selected %d of %d in %.3f s (%s)", entry.name, params.method, len(sel.indices),
-                 len(candidates), sel.timings.total_seconds, sel.id)  # fmt: skip
+                 len(job.candidates), sel.timings.total_seconds, sel.id)  # fmt: skip
         return sel, False
 
     @staticmethod
@@ -244,18 +266,11 @@ class SelectionService:
             )
         return record
 
-    def _run(
-        self,
-        entry: DatasetEntry,
-        params: SelectionParams,
-        selector: Selector,
-        rule: str,
-        candidates: np.ndarray,
-        budget: float | int,
-        record: ProxyRecord | None,
-        engine_name: str,
-        cancel: CancelToken,
-    ) -> Selection:
+    def _run(self, job: _Job, states: dict[str, Any] | None) -> Selection:
+        """Forward the proxy and run the selector; ``states`` (a session's, by part) are loaded and updated."""
+        entry, params, rule, candidates, budget = job.entry, job.params, job.rule, job.candidates, job.budget
+        record, engine_name, cancel = job.record, job.engine_name, job.cancel
+        selector = _fresh(params, states, WHOLE)
         labels = entry.labels[candidates]
         features: dict[str, np.ndarray] = {"labels": labels}
         read_s = forward_s = 0.0
@@ -277,8 +292,10 @@ class SelectionService:
         inputs = SelectionInputs(**features)
         if rule == GLOBAL_RULE:
             subset = selector.select(inputs, budget, int(params.seed))
+            if states is not None:
+                states[WHOLE] = _jsonable(selector.state_dict())
         else:
-            subset = self._per_class(selector, inputs, budget, rule, int(params.seed), cancel)
+            subset = self._per_class(params, states, inputs, budget, rule, int(params.seed), cancel)
         select_s = time.perf_counter() - t0
         local = np.asarray(subset.indices, dtype=np.int64)
         indices = candidates[local]
@@ -350,9 +367,15 @@ class SelectionService:
 
     @staticmethod
     def _per_class(
-        selector: Selector, inputs: SelectionInputs, budget: float | int, rule: str, seed: int, cancel: CancelToken
+        params: SelectionParams,
+        states: dict[str, Any] | None,
+        inputs: SelectionInputs,
+        budget: float | int,
+        rule: str,
+        seed: int,
+        cancel: CancelToken,
     ) -> Subset:
-        """Run the selector once per class with the budget split by ``rule``; concatenate the subsets."""
+        """Run a fresh selector per class with the budget split by ``rule`` (a session's state per class)."""
         labels = inputs.labels
         if labels is None:  # labels are always given by the daemon
             raise InvalidArgumentError("per-class budget rules need labels")
@@ -371,7 +394,10 @@ class SelectionService:
             sub_inputs = SelectionInputs(
                 **{name: getattr(inputs, name)[members] for name in inputs.present()}  # type: ignore[index]
             )
+            selector = _fresh(params, states, str(c))
             sub = selector.select(sub_inputs, int(min(k_c, len(members))), seed)
+            if states is not None:
+                states[str(c)] = _jsonable(selector.state_dict())
             idx_parts.append(members[np.asarray(sub.indices, dtype=np.int64)])
             w_parts.append(np.asarray(sub.weights, dtype=np.float32))
             if np.isfinite(sub.objective):
@@ -381,5 +407,29 @@ class SelectionService:
             indices=np.concatenate(idx_parts),
             weights=np.concatenate(w_parts),
             objective=objective if has_objective else float("nan"),
-            options=dict(selector.config),
+            options=dict(create(params.method, **params.options).config),
         )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One validated Select request and what it resolved to."""
+
+    entry: DatasetEntry
+    params: SelectionParams
+    rule: str
+    candidates: np.ndarray
+    budget: float | int
+    record: ProxyRecord | None
+    engine_name: str
+    cancel: CancelToken
+    start: float
+
+
+def _fresh(params: SelectionParams, states: dict[str, Any] | None, part: str) -> Selector:
+    """A new selector for ``params``, with the session's saved state of ``part`` loaded when there is one."""
+    selector = create(params.method, **params.options)
+    saved = None if states is None else states.get(part)
+    if saved is not None:
+        selector.load_state_dict(saved)
+    return selector

@@ -29,6 +29,7 @@ from nessa.services.storage.proxies import ProxyStore
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
+from nessa.services.storage.sessions import SessionStore
 
 from nessa.errors import FailedPreconditionError
 from nessa.metrics import initialize_storage_series, start_metrics_server
@@ -62,6 +63,7 @@ class StorageDaemon:
             SelectionStore(config.state_path / "selections", config.selection_cache_bytes, config.max_saved_selections),
             max_concurrent=config.max_concurrent_selections,
             proxy_batch_size=config.proxy_batch_size,
+            sessions=SessionStore(config.state_path / "sessions", config.max_sessions),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port = 0

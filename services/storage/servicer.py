@@ -127,6 +127,21 @@ def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
             request_deserializer=pb.StreamRequest.FromString,
             response_serializer=_identity,
         ),
+        "GetSelection": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSelection,
+            request_deserializer=pb.GetSelectionRequest.FromString,
+            response_serializer=pb.Selection.SerializeToString,
+        ),
+        "ListSelections": grpc.unary_unary_rpc_method_handler(
+            servicer.ListSelections,
+            request_deserializer=pb.ListSelectionsRequest.FromString,
+            response_serializer=pb.ListSelectionsResponse.SerializeToString,
+        ),
+        "ListSessions": grpc.unary_unary_rpc_method_handler(
+            servicer.ListSessions,
+            request_deserializer=pb.ListSessionsRequest.FromString,
+            response_serializer=pb.ListSessionsResponse.SerializeToString,
+        ),
     }
     expected = set(pb.DESCRIPTOR.services_by_name["Storage"].methods_by_name)
     if set(handlers) != expected:  # the proto gained or lost an RPC: this table must follow
@@ -236,6 +251,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             proxy_version=request.proxy_version if request.HasField("proxy_version") else None,
             candidates=np.asarray(request.candidates, dtype=np.int64) if len(request.candidates) else None,
             engine=request.engine,
+            session=request.session,
         )
         if not params.method:
             raise InvalidArgumentError("no selection method given; name one (e.g. 'random', 'craig')")
@@ -243,6 +259,39 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         reply = self._selection_reply(sel, cached)
         _count_metadata(sel.dataset, reply)
         return reply
+
+    def GetSelection(self, request: pb.GetSelectionRequest, context: grpc.ServicerContext) -> pb.Selection:
+        """A selection made earlier, by id."""
+        sel = self.selections.get(request.id)
+        reply = self._selection_reply(sel, cached=True)
+        _count_metadata(sel.dataset, reply)
+        return reply
+
+    def ListSelections(
+        self, request: pb.ListSelectionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSelectionsResponse:
+        """The selections kept (without indices), newest first."""
+        if request.dataset:
+            self.catalog.get(request.dataset)  # NOT_FOUND for an unknown dataset
+        kept = self.selections.store.list(request.dataset)
+        return pb.ListSelectionsResponse(selections=[s.to_pb(inline=False) for s in kept])
+
+    def ListSessions(self, request: pb.ListSessionsRequest, context: grpc.ServicerContext) -> pb.ListSessionsResponse:
+        """The selection sessions whose selector state is kept, most recently used first."""
+        store = self.selections.sessions
+        infos = [
+            pb.SessionInfo(
+                session=st.session,
+                dataset=st.dataset,
+                method=st.method,
+                rounds=st.rounds,
+                parts=len(st.parts),
+                state_bytes=size,
+                updated_unix=st.updated,
+            )
+            for st, size in (store.list() if store is not None else [])
+        ]
+        return pb.ListSessionsResponse(sessions=infos)
 
     def _selection_reply(self, sel: Selection, cached: bool) -> pb.Selection:
         inline = len(sel) * _SELECTION_BYTES_PER_SAMPLE + 64 * 1024 <= self.config.max_message_bytes

@@ -219,10 +219,10 @@ def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
 
 def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
     # τ so large the quadratic model is never "wrong": the first selection is trained on (cycled) to the end
-    never = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9))
+    never = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0))
     assert len(never.options["selections"]) == 1
     assert [r["reselections"] for r in never.epochs] == [1, 0] and all(r["drift_checks"] >= 1 for r in never.epochs)
-    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01))
+    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01, crest_warmup=0))
     steps = math.ceil(0.2 * 2400 / 64)
     assert [r["steps"] for r in result.epochs] == [steps, steps]
     sels = result.options["selections"]
@@ -234,6 +234,18 @@ def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
     assert [s["proxy_version"] for s in sels] == result.options["pushed_proxy_versions"]
     assert sels[0]["proxy_version"] == 0 and all(s["size"] % 64 == 0 for s in sels)
     assert result.final_accuracy > 0.15
+
+
+def test_crest_first_selects_after_a_random_warm_up_as_its_code_does(daemon: StorageDaemon) -> None:
+    steps = math.ceil(0.2 * 2400 / 64)
+    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0.5))
+    warm, first, *rest = result.options["selections"]
+    # the warm-up: random mini-batches of the whole set, no proxy
+    assert warm["step"] == 0 and warm["proxy_version"] is None and warm["size"] == round(0.5 * steps) * 64
+    # CREST's first selection comes right after it, with the proxy of the model as trained so far
+    assert first["step"] == round(0.5 * steps) and first["proxy_version"] == round(0.5 * steps)
+    assert result.options["pushed_proxy_versions"] == [round(0.5 * steps)] and rest == []
+    assert [r["steps"] for r in result.epochs] == [steps, steps]
 
 
 def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """CREST's loop: mini-batch coresets, reselected when the quadratic loss model drifts.
 
-Each epoch has the step budget of a ``fraction`` epoch. At a selection point the plan pushes a proxy and asks for
+Each epoch has the step budget of a ``fraction`` epoch. As CREST's code does, the run first trains
+``crest_warmup`` of such an epoch on random mini-batches of the whole set (a stateless ``random`` selection,
+streamed like any other). At a selection point the plan pushes a proxy and asks for
 ``P`` mini-batch coresets of ``batch_size`` samples, trains on them in order (fetching each when it is needed, then
 cycling from memory), and every ``T1`` steps checks CREST's quadratic model (:class:`~nessa.trainer.drift.
 DriftMonitor`) on a check set V_r of random training samples (streamed once per run); when ρ > τ it reselects.
@@ -26,7 +28,7 @@ from nessa.trainer.plans.base import Plan
 
 from nessa.errors import FailedPreconditionError
 from nessa.order import epoch_seed
-from nessa.pipeline import Decode, Rebatch, SelectionSource
+from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
 from nessa.records import Selection
 
 __all__ = ["CrestPlan"]
@@ -64,6 +66,8 @@ class CrestPlan(Plan):
         cycle: _Cycle | None = None
         check: tuple[torch.Tensor, torch.Tensor] | None = None
         interval, since = 1, 0
+        warm_steps = min(round(cfg.crest_warmup * steps_per_epoch), -(-t.info.num_samples // cfg.batch_size))
+        warm: tuple[Selection, Prefetch[TrainBatch]] | None = None
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
@@ -71,6 +75,17 @@ class CrestPlan(Plan):
                 t0 = time.perf_counter()
                 reselect = cycle is None
                 while state.step < steps_per_epoch:
+                    done = epoch * steps_per_epoch + state.step
+                    if done < warm_steps:  # CREST's random warm-up before the first selection
+                        if warm is None:
+                            warm = self.warmup(warm_steps, done)
+                        batch = next(warm[1])
+                        t.meter.wait(state, warm[1].last_wait)
+                        t.train_step(batch, state, steps_per_epoch)
+                        t0 = t.maybe_checkpoint_mid(state, warm[0], self.state_dict(), t0)
+                        continue
+                    if warm is not None:
+                        warm[1].close()
                     if reselect or cycle is None:
                         if cycle is not None:
                             cycle.close()
@@ -97,17 +112,35 @@ class CrestPlan(Plan):
                         reselect = result.reselect
                     t0 = t.maybe_checkpoint_mid(state, cycle.selection, self.state_dict(), t0)
                 state.seconds += time.perf_counter() - t0
-                if cycle is None:
+                trained_on = cycle.selection if cycle is not None else warm[0] if warm is not None else None
+                if trained_on is None:
                     raise FailedPreconditionError("CREST trained an epoch without a selection")
                 extra = {
                     "reselections": state.reselections,
                     "drift_checks": state.checks,
                     "mean_rho": state.rho_sum / state.checks if state.checks else None,
                 }
-                t.end_epoch(state, cycle.selection, self.state_dict(), extra=extra)
+                t.end_epoch(state, trained_on, self.state_dict(), extra=extra)
         finally:
             if cycle is not None:
                 cycle.close()
+            if warm is not None:
+                warm[1].close()
+
+    def warmup(self, steps: int, done: int) -> tuple[Selection, Prefetch[TrainBatch]]:
+        """The warm-up's random mini-batches (``steps`` of them; ``done`` already trained), streamed."""
+        t = self.trainer
+        b = t.config.batch_size
+        sel = t.select(
+            method="random",
+            count=min(t.info.num_samples, steps * b),
+            seed=epoch_seed(t.config.seed, 0) ^ 0xC0FFEE,
+            proxy_version=None,
+            options={},
+            stateless=True,
+        )
+        t.log_selection(0, sel, step=done)
+        return sel, t.stream(sel, 0, done * b)
 
     def check_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """CREST's V_r: ``crest_check_size`` random training samples (seeded), streamed once per run."""

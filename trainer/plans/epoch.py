@@ -125,5 +125,5 @@ class FullPlan(EpochPlan):
     def fetch(self, job: SelectionJob) -> Selection:
         """The whole dataset as one selection (asked for once)."""
         if self._all is None:
-            self._all = self.trainer.select(method="random", fraction=1.0, seed=0, proxy_version=None)
+            self._all = self.trainer.select(method="random", fraction=1.0, seed=0, proxy_version=None, stateless=True)
         return self._all

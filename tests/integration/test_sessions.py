@@ -1,0 +1,127 @@
+"""Selection sessions through a real daemon: selector state survives between Select calls and daemon restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon_helpers import TOY_DIM, make_toy, running
+from nessa.trainer.models import mlp
+
+from nessa.client import StorageClient
+from nessa.errors import InvalidArgumentError
+from nessa.proxy import ProxyEngine, dumps, export, loads
+from nessa.selection import SelectionInputs, create
+from nessa.store import open_dataset
+
+N = 1200
+
+
+def _proxy() -> bytes:
+    torch.manual_seed(3)
+    model = mlp(in_features=TOY_DIM, num_classes=10, hidden=(32,)).eval()
+    return dumps(export(model, torch.zeros(1, TOY_DIM), quantize="int8", version=1))
+
+
+def _library_inputs(root: Path, proxy: bytes) -> SelectionInputs:
+    """What the daemon derives: the same proxy over the same stored samples, with the same engine."""
+    with open_dataset(root / "toy") as reader:
+        x = reader.read_arrays(np.arange(len(reader)))
+        y = np.asarray(reader.labels, dtype=np.int64)
+    out = ProxyEngine("opencl").run(loads(proxy), x, y)
+    return SelectionInputs(
+        labels=y, gradients=np.asarray(out.grad_embedding), losses=np.asarray(out.loss), embeddings=out.embedding
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sessions")
+    make_toy(root, n=N, shards=2)
+    return root
+
+
+def test_drop_learned_drops_what_stayed_learned_for_the_window_like_a_persistent_instance(root: Path) -> None:
+    proxy = _proxy()
+    inputs = _library_inputs(root, proxy)
+    threshold = float(np.quantile(inputs.losses, 0.2))  # every class keeps more than its budget
+    options = {"drop_learned": True, "learned_window": 2, "learned_threshold": threshold}
+    persistent = create("craig", **options)
+    with running(root, state_dir=root / "state-drop") as d:
+        client = StorageClient(d.address, timeout=60)
+        client.push_proxy(proxy, "toy")
+        dropped = []
+        for round_ in range(1, 4):
+            sel = client.select("toy", "craig", 0.1, seed=0, session="run-a", options=options)
+            want = persistent.select(inputs, 0.1, seed=0)
+            assert sel.session == "run-a" and sel.session_round == round_
+            assert np.array_equal(sel.indices, want.indices), f"round {round_}"
+            dropped.append(int(sel.extras["dropped_learned"]))
+            learned = np.flatnonzero(inputs.losses < threshold)
+            if round_ >= 2:  # below the threshold for the whole window: never picked again
+                assert not np.isin(sel.indices, learned).any()
+        # the same proxy every round: nothing is learned after one look, a fifth of the set after two
+        assert dropped[0] == 0 and dropped[1] == dropped[2] > 0
+        assert dropped[1] == int((inputs.losses < threshold).sum())
+        # without a session nothing is kept: it drops nothing, and the reply says it was stateless
+        stateless = [client.select("toy", "craig", 0.1, seed=0, options=options) for _ in range(2)]
+        assert all(s.session == "" and s.session_round == 0 for s in stateless)
+        assert [int(s.extras["dropped_learned"]) for s in stateless] == [0, 0]
+        listed = {(s["session"], s["method"]): s for s in client.sessions()}
+        assert listed[("run-a", "craig")]["rounds"] == 3 and listed[("run-a", "craig")]["parts"] == 1
+
+
+def test_adacore_averages_accumulate_across_a_daemon_restart(root: Path) -> None:
+    proxy = _proxy()
+    inputs = _library_inputs(root, proxy)
+    persistent = create("adacore")
+    first_lib = persistent.select(inputs, 0.1, seed=1)
+    second_lib = persistent.select(inputs, 0.1, seed=1)
+    fresh_second = create("adacore").select(inputs, 0.1, seed=1)
+    state = root / "state-ada"
+    with running(root, state_dir=state) as d:
+        client = StorageClient(d.address, timeout=60)
+        client.push_proxy(proxy, "toy")
+        first = client.select("toy", "adacore", 0.1, seed=1, session="run-b")
+    assert np.array_equal(first.indices, first_lib.indices)
+    with running(root, state_dir=state) as d:  # a new daemon process state: proxies and sessions reloaded
+        client = StorageClient(d.address, timeout=60)
+        second = client.select("toy", "adacore", 0.1, seed=1, session="run-b")
+    assert second.session_round == 2
+    assert np.array_equal(second.indices, second_lib.indices)
+    assert second.id != first.id
+
+
+def test_per_class_rule_keeps_one_state_per_class(root: Path) -> None:
+    proxy = _proxy()
+    inputs = _library_inputs(root, proxy)
+    with running(root, state_dir=root / "state-class") as d:
+        client = StorageClient(d.address, timeout=60)
+        client.push_proxy(proxy, "toy")
+        for _ in range(2):
+            sel = client.select("toy", "adacore", 0.1, seed=2, session="run-c", budget_rule="equal")
+        (info,) = [s for s in client.sessions() if s["session"] == "run-c"]
+        assert info["parts"] == 10 and info["rounds"] == 2
+    # each class's second round equals a persistent instance that only ever saw that class
+    labels = inputs.labels
+    assert labels is not None
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        sub = SelectionInputs(**{k: getattr(inputs, k)[members] for k in inputs.present()})
+        lib = create("adacore")
+        k_c = int(np.sum(labels[sel.indices] == c))
+        lib.select(sub, k_c, seed=2)
+        want = members[lib.select(sub, k_c, seed=2).indices]
+        got = sel.indices[labels[sel.indices] == c]
+        assert np.array_equal(np.sort(got), np.sort(want)), c
+
+
+def test_bad_session_names_are_clear_errors(root: Path) -> None:
+    with running(root, state_dir=root / "state-bad", warmup=False) as d:
+        client = StorageClient(d.address)
+        with pytest.raises(InvalidArgumentError, match="session"):
+            client.select("toy", "random", 0.1, session="../../etc")
+        with pytest.raises(InvalidArgumentError, match="session"):
+            client.select("toy", "random", 0.1, session="x" * 500)
