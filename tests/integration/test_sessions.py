@@ -19,10 +19,10 @@ from nessa.store import open_dataset
 N = 1200
 
 
-def _proxy() -> bytes:
-    torch.manual_seed(3)
+def _proxy(seed: int = 3, version: int = 1) -> bytes:
+    torch.manual_seed(seed)
     model = mlp(in_features=TOY_DIM, num_classes=10, hidden=(32,)).eval()
-    return dumps(export(model, torch.zeros(1, TOY_DIM), quantize="int8", version=1))
+    return dumps(export(model, torch.zeros(1, TOY_DIM), quantize="int8", version=version))
 
 
 def _library_inputs(root: Path, proxy: bytes) -> SelectionInputs:
@@ -74,48 +74,54 @@ def test_drop_learned_drops_what_stayed_learned_for_the_window_like_a_persistent
 
 
 def test_adacore_averages_accumulate_across_a_daemon_restart(root: Path) -> None:
-    proxy = _proxy()
-    inputs = _library_inputs(root, proxy)
+    proxies = [_proxy(seed=3, version=1), _proxy(seed=4, version=2)]  # the model moved between the two rounds
+    inputs = [_library_inputs(root, p) for p in proxies]
     persistent = create("adacore")
-    first_lib = persistent.select(inputs, 0.1, seed=1)
-    second_lib = persistent.select(inputs, 0.1, seed=1)
-    fresh_second = create("adacore").select(inputs, 0.1, seed=1)
+    first_lib = persistent.select(inputs[0], 0.1, seed=1)
+    second_lib = persistent.select(inputs[1], 0.1, seed=1)
+    stateless_second = create("adacore").select(inputs[1], 0.1, seed=1)
+    # the averages matter here: a fresh instance picks differently in round 2
+    assert not np.array_equal(second_lib.indices, stateless_second.indices)
     state = root / "state-ada"
     with running(root, state_dir=state) as d:
         client = StorageClient(d.address, timeout=60)
-        client.push_proxy(proxy, "toy")
+        client.push_proxy(proxies[0], "toy")
         first = client.select("toy", "adacore", 0.1, seed=1, session="run-b")
     assert np.array_equal(first.indices, first_lib.indices)
-    with running(root, state_dir=state) as d:  # a new daemon process state: proxies and sessions reloaded
+    with running(root, state_dir=state) as d:  # a new daemon on the same state directory
         client = StorageClient(d.address, timeout=60)
+        client.push_proxy(proxies[1], "toy")
         second = client.select("toy", "adacore", 0.1, seed=1, session="run-b")
     assert second.session_round == 2
     assert np.array_equal(second.indices, second_lib.indices)
-    assert second.id != first.id
 
 
 def test_per_class_rule_keeps_one_state_per_class(root: Path) -> None:
-    proxy = _proxy()
-    inputs = _library_inputs(root, proxy)
+    proxies = [_proxy(seed=5, version=1), _proxy(seed=6, version=2)]
+    inputs = [_library_inputs(root, p) for p in proxies]
     with running(root, state_dir=root / "state-class") as d:
         client = StorageClient(d.address, timeout=60)
-        client.push_proxy(proxy, "toy")
-        for _ in range(2):
+        for proxy in proxies:
+            client.push_proxy(proxy, "toy")
             sel = client.select("toy", "adacore", 0.1, seed=2, session="run-c", budget_rule="equal")
         (info,) = [s for s in client.sessions() if s["session"] == "run-c"]
         assert info["parts"] == 10 and info["rounds"] == 2
     # each class's second round equals a persistent instance that only ever saw that class
-    labels = inputs.labels
+    labels = inputs[0].labels
     assert labels is not None
+    differs = 0
     for c in range(10):
         members = np.flatnonzero(labels == c)
-        sub = SelectionInputs(**{k: getattr(inputs, k)[members] for k in inputs.present()})
-        lib = create("adacore")
         k_c = int(np.sum(labels[sel.indices] == c))
-        lib.select(sub, k_c, seed=2)
-        want = members[lib.select(sub, k_c, seed=2).indices]
+        sub = [SelectionInputs(**{k: getattr(x, k)[members] for k in x.present()}) for x in inputs]
+        lib = create("adacore")
+        lib.select(sub[0], k_c, seed=2)
+        want = members[lib.select(sub[1], k_c, seed=2).indices]
         got = sel.indices[labels[sel.indices] == c]
         assert np.array_equal(np.sort(got), np.sort(want)), c
+        fresh = members[create("adacore").select(sub[1], k_c, seed=2).indices]
+        differs += not np.array_equal(np.sort(fresh), np.sort(want))
+    assert differs > 0  # the per-class states changed the picks
 
 
 def test_bad_session_names_are_clear_errors(root: Path) -> None:
