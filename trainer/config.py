@@ -37,6 +37,9 @@ RESUME_KEYS = (
     "crest_batch_num_mul",
     "crest_check_size",
     "crest_warmup",
+    "plan",
+    "weighted",
+    "partition_refresh",
 )
 
 
@@ -122,6 +125,9 @@ class TrainConfig:
         progress_desc: the bar's label (default: the method).
         session: the selection session the daemon keeps selector state under (``drop_learned``, AdaCore's
             averages); "" uses the run's id (saved in the checkpoint, so a resumed run continues its session).
+        weighted: weight each sample's loss by its selection weight (CRAIG's and CREST's code); False trains
+            unweighted (NeSSA's code).
+        partition_refresh: with the ``partitions`` plan, push a new proxy every this many steps.
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
     """
@@ -163,6 +169,8 @@ class TrainConfig:
     progress: bool = True
     progress_desc: str | None = None
     plan: str = ""
+    weighted: bool = True
+    partition_refresh: int = 1
     session: str = ""
 
     def __post_init__(self) -> None:

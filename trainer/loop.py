@@ -69,6 +69,7 @@ class Trainer:
         self.run_id = config.session or f"run-{uuid.uuid4().hex[:16]}"
         self._bar: Any = None
         self._metrics_server: Any = None
+        self._labels: np.ndarray | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -104,6 +105,15 @@ class Trainer:
 
             self._metrics_server = start_metrics_server(cfg.metrics_port)
 
+    def labels(self) -> np.ndarray:
+        """Every training sample's label (streamed once, as metadata only, and kept)."""
+        if self._labels is None:
+            n = self.info.num_samples
+            parts = [b.labels for b in self.client.stream(np.arange(n), dataset=self.config.dataset,
+                                                           batch_size=65536, metadata_only=True)]  # fmt: skip
+            self._labels = np.concatenate(parts).astype(np.int64)
+        return self._labels
+
     def epoch_samples(self) -> int:
         """Samples of one epoch's budget (``fraction`` of the training set)."""
         return math.ceil(self.config.fraction * self.info.num_samples)
@@ -125,6 +135,7 @@ class Trainer:
         count: int | None = None,
         options: dict[str, Any] | None = None,
         stateless: bool = False,
+        candidates: np.ndarray | None = None,
     ) -> Selection:
         """Ask the daemon for a selection of the training dataset made with proxy ``proxy_version``.
 
@@ -142,6 +153,7 @@ class Trainer:
             engine=cfg.engine,
             options=cfg.options if options is None else options,
             session="" if stateless else self.run_id,
+            candidates=candidates,
         )
         if proxy_version is not None and sel.proxy_version != proxy_version:
             raise FailedPreconditionError(
@@ -160,19 +172,25 @@ class Trainer:
         )
         self.selections.append(entry)
 
-    def stream(self, sel: Selection, epoch: int, position: int = 0) -> Prefetch[TrainBatch]:
-        """The data path for ``sel`` in epoch ``epoch``'s order, resumed after ``position`` samples."""
+    def stream(
+        self, sel: Selection, epoch: int, position: int = 0, batch_size: int | None = None
+    ) -> Prefetch[TrainBatch]:
+        """The data path for ``sel`` in epoch ``epoch``'s order, resumed after ``position`` samples.
+
+        Batches have ``batch_size`` samples (default: the run's).
+        """
         cfg = self.config
+        batch = batch_size or cfg.batch_size
         source = SelectionSource(
             self.client,
             sel,
             shuffle_seed=epoch_seed(cfg.seed, epoch),
-            partition=Partition(block_size=cfg.batch_size),
-            message_size=cfg.stream_batch_size or cfg.batch_size,
+            partition=Partition(block_size=batch),
+            message_size=cfg.stream_batch_size or batch,
             on_gone=lambda text: self.say(f"{cfg.method}: {text}"),
         )
         path: Prefetch[TrainBatch] = Prefetch(
-            Decode(Rebatch(source, cfg.batch_size), self.decoder.batch), depth=cfg.prefetch_batches
+            Decode(Rebatch(source, batch), self.decoder.batch), depth=cfg.prefetch_batches
         )
         path.load_state_dict({"position": position})
         return path
@@ -184,7 +202,11 @@ class Trainer:
             group["lr"] = lr
         x = batch.x.to(self.device, non_blocking=True)
         y = batch.y.to(self.device, non_blocking=True)
-        w = batch.w.to(self.device, non_blocking=True)
+        w = (
+            batch.w.to(self.device, non_blocking=True)
+            if self.config.weighted
+            else torch.ones_like(y, dtype=torch.float32)
+        )
         self.model.train()
         logits = self.model(x)
         per_sample = F.cross_entropy(logits, y, reduction="none")

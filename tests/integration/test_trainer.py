@@ -248,6 +248,28 @@ def test_crest_first_selects_after_a_random_warm_up_as_its_code_does(daemon: Sto
     assert [r["steps"] for r in result.epochs] == [steps, steps]
 
 
+def test_partition_plan_takes_one_step_on_each_partitions_coreset(daemon: StorageDaemon) -> None:
+    trainer = RecordingTrainer(
+        _config(daemon, method="craig", plan="partitions", fraction=0.1, epochs=2, batch_size=32, weighted=False)
+    )
+    result = trainer.run()
+    steps = math.ceil(0.1 * 2400 / 32)
+    assert [r["steps"] for r in result.epochs] == [steps, steps]
+    sels = result.options["selections"]
+    # CRAIG's per-class "equal" rule rounds up (ceil(32 / 10) per class), as NeSSA's code does
+    assert len(sels) == 2 * steps and all(32 <= s["size"] <= 40 for s in sels)
+    # one proxy per step (re-exported before every partition), each selection made with the one just pushed
+    assert result.options["pushed_proxy_versions"] == list(range(2 * steps))
+    assert [s["proxy_version"] for s in sels] == list(range(2 * steps))
+    # each step trained on exactly its partition's coreset, unweighted
+    for epoch, batches in trainer.batches.items():
+        assert len(batches) == steps
+        for batch, s in zip(batches, [s for s in sels if s["epoch"] == epoch], strict=True):
+            assert len(batch) == s["size"]
+    # the default options are the code's kernel and weight rule
+    assert trainer.results[0].options["similarity"] == "exp"
+
+
 def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="unknown method"):
         method_needs_proxy("magic")

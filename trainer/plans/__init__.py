@@ -1,7 +1,8 @@
 """Training plans, chosen by name (one module per plan; a new training mode is one new module).
 
 ``epoch``: select a weighted subset every ``reselect_every`` epochs, pipelined, and train on it; ``full``: every
-sample, every epoch; ``crest``: mini-batch coresets reselected when CREST's quadratic loss model drifts.
+sample, every epoch; ``crest``: mini-batch coresets reselected when CREST's quadratic loss model drifts;
+``partitions``: NeSSA's partition mode, one mini-batch coreset per random partition and one step on each.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from nessa.trainer.plans.base import Plan
 from nessa.trainer.plans.crest import CrestPlan
 from nessa.trainer.plans.epoch import EpochPlan, FullPlan
+from nessa.trainer.plans.partitions import PartitionPlan
 
 from nessa.errors import InvalidArgumentError
 
 __all__ = ["PLANS", "Plan", "plan_for"]
 
 #: Plan name → class.
-PLANS: dict[str, type[Plan]] = {cls.name: cls for cls in (EpochPlan, FullPlan, CrestPlan)}
+PLANS: dict[str, type[Plan]] = {cls.name: cls for cls in (EpochPlan, FullPlan, CrestPlan, PartitionPlan)}
 #: Methods that train under a plan of their own (every other selector runs under ``epoch``).
 _METHOD_PLANS = {"full": "full", "crest": "crest"}
 
