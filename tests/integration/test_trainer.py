@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
 from nessa.trainer.batches import TrainBatch
-from nessa.trainer.checkpoint import load_checkpoint
 from nessa.trainer.config import TrainConfig, method_needs_proxy
 from nessa.trainer.loop import Trainer, train
 from nessa.trainer.meter import EpochState
 from prometheus_client import REGISTRY
+from trainer_helpers import config_for, mnist_daemon
 
 from nessa.client import Selection, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
-from nessa.store import ingest
-
-ROOT = Path(__file__).resolve().parents[2]
-NUM_SAMPLES = 3000  # 2400 train / 600 test
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trainer-data")
-    ingest("mnist1d", root / "m", num_samples=NUM_SAMPLES, test_fraction=0.2)
-    return root
-
-
-@pytest.fixture(scope="module")
-def daemon(data_dir: Path) -> Iterator[StorageDaemon]:
-    d = StorageDaemon(
-        DaemonConfig(data_dir=data_dir, host="127.0.0.1", port=0, metrics_port=None, drain_seconds=0.0)
-    ).start()
-    try:
-        yield d
-    finally:
-        d.stop(grace=0.5, drain=0)
-
-
-def _config(daemon: StorageDaemon, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "target": daemon.address,
-        "dataset": "m",
-        "test_dataset": "m-test",
-        "model": "cnn1d",
-        "epochs": 3,
-        "batch_size": 64,
-        "progress": False,
-        "torch_threads": 1,
-    }
-    base.update(kw)
-    return TrainConfig(**base)
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageDaemon]:
+    yield from mnist_daemon(tmp_path_factory)
 
 
 class RecordingTrainer(Trainer):
@@ -89,7 +49,7 @@ def _metric(name: str, **labels: str) -> float:
 
 
 def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights(daemon: StorageDaemon) -> None:
-    trainer = RecordingTrainer(_config(daemon, method="craig", fraction=0.2, epochs=3))
+    trainer = RecordingTrainer(config_for(daemon, method="craig", fraction=0.2, epochs=3))
     kinds = ("samples", "metadata")
     before = {
         "bytes": sum(
@@ -146,7 +106,7 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
 
 
 def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) -> None:
-    trainer = RecordingTrainer(_config(daemon, method="craig", fraction=0.1, epochs=2, pipeline=False, seed=7))
+    trainer = RecordingTrainer(config_for(daemon, method="craig", fraction=0.1, epochs=2, pipeline=False, seed=7))
     result = trainer.run()
     assert [trainer.results[e].proxy_version for e in range(2)] == [0, 1]
     assert result.options["pushed_proxy_versions"] == [0, 1]
@@ -159,15 +119,15 @@ def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) 
 
 
 def test_full_streams_every_sample_and_random_a_tenth_of_the_bytes(daemon: StorageDaemon) -> None:
-    full = train(_config(daemon, method="full", epochs=1))
-    rnd = train(_config(daemon, method="random", fraction=0.1, epochs=1))
+    full = train(config_for(daemon, method="full", epochs=1))
+    rnd = train(config_for(daemon, method="random", fraction=0.1, epochs=1))
     info = StorageClient(daemon.address).describe("m")
     assert full.epochs[0]["payload_bytes"] == info.total_bytes
     assert full.epochs[0]["subset_size"] == info.num_samples
     assert full.bytes_to_storage == 0 and rnd.bytes_to_storage == 0  # no proxy for methods that need none
     ratio = rnd.bytes_to_trainer / full.bytes_to_trainer
     assert 0.09 <= ratio <= 0.11, ratio
-    bal = RecordingTrainer(_config(daemon, method="balanced", fraction=0.1, epochs=1))
+    bal = RecordingTrainer(config_for(daemon, method="balanced", fraction=0.1, epochs=1))
     bal.run()
     labels = torch.cat([b.y for b in bal.batches[0]]).numpy()
     counts = np.bincount(labels, minlength=info.num_classes)
@@ -181,7 +141,7 @@ def test_metrics_port_serves_the_trainer_metrics_while_it_trains(daemon: Storage
         port = trainer._metrics_server.server_port
         scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
 
-    trainer = Trainer(_config(daemon, method="random", epochs=1, metrics_port=0), echo=at_epoch_end)
+    trainer = Trainer(config_for(daemon, method="random", epochs=1, metrics_port=0), echo=at_epoch_end)
     result = trainer.run()
     assert len(scraped) == 1
     body = scraped[0]
@@ -199,7 +159,7 @@ def test_metrics_port_serves_the_trainer_metrics_while_it_trains(daemon: Storage
 
 def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
     """Loss = mean(w * CE): zero weights leave the model alone, doubled weights double the step."""
-    trainer = Trainer(_config(daemon, method="random", momentum=0.0, weight_decay=0.0), echo=lambda _s: None)
+    trainer = Trainer(config_for(daemon, method="random", momentum=0.0, weight_decay=0.0), echo=lambda _s: None)
     trainer._setup()
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     x = torch.randn(16, 40)
@@ -219,10 +179,10 @@ def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
 
 def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
     # τ so large the quadratic model is never "wrong": the first selection is trained on (cycled) to the end
-    never = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0))
+    never = train(config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0))
     assert len(never.options["selections"]) == 1
     assert [r["reselections"] for r in never.epochs] == [1, 0] and all(r["drift_checks"] >= 1 for r in never.epochs)
-    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01, crest_warmup=0))
+    result = train(config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01, crest_warmup=0))
     steps = math.ceil(0.2 * 2400 / 64)
     assert [r["steps"] for r in result.epochs] == [steps, steps]
     sels = result.options["selections"]
@@ -238,7 +198,7 @@ def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
 
 def test_crest_first_selects_after_a_random_warm_up_as_its_code_does(daemon: StorageDaemon) -> None:
     steps = math.ceil(0.2 * 2400 / 64)
-    result = train(_config(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0.5))
+    result = train(config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0.5))
     warm, first, *rest = result.options["selections"]
     # the warm-up: random mini-batches of the whole set, no proxy
     assert warm["step"] == 0 and warm["proxy_version"] is None and warm["size"] == round(0.5 * steps) * 64
@@ -250,7 +210,7 @@ def test_crest_first_selects_after_a_random_warm_up_as_its_code_does(daemon: Sto
 
 def test_partition_plan_takes_one_step_on_each_partitions_coreset(daemon: StorageDaemon) -> None:
     trainer = RecordingTrainer(
-        _config(daemon, method="craig", plan="partitions", fraction=0.1, epochs=2, batch_size=32, weighted=False)
+        config_for(daemon, method="craig", plan="partitions", fraction=0.1, epochs=2, batch_size=32, weighted=False)
     )
     result = trainer.run()
     steps = math.ceil(0.1 * 2400 / 32)
@@ -275,87 +235,12 @@ def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) ->
         method_needs_proxy("magic")
     assert not method_needs_proxy("random") and method_needs_proxy("craig")
     with pytest.raises(InvalidArgumentError, match="fraction"):
-        _config(daemon, method="random", fraction=1.5)
+        config_for(daemon, method="random", fraction=1.5)
     with pytest.raises(InvalidArgumentError, match="unknown model"):
-        _config(daemon, model="vgg")
+        config_for(daemon, model="vgg")
     with pytest.raises(InvalidArgumentError, match="unknown option"):
-        train(_config(daemon, method="craig", epochs=1, options={"nonsense": 1}))
+        train(config_for(daemon, method="craig", epochs=1, options={"nonsense": 1}))
     ckpt = tmp_path / "ckpt"
-    train(_config(daemon, method="random", epochs=1, checkpoint_dir=str(ckpt)))
+    train(config_for(daemon, method="random", epochs=1, checkpoint_dir=str(ckpt)))
     with pytest.raises(FailedPreconditionError, match="another run"):
-        train(_config(daemon, method="random", epochs=1, fraction=0.3, checkpoint_dir=str(ckpt)))
-
-
-def _train_cmd(target: str, ckpt: Path, report: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "nessa.cli",
-        "train",
-        "--target",
-        target,
-        "--dataset",
-        "m",
-        "--test-dataset",
-        "m-test",
-        "--method",
-        "craig",
-        "--fraction",
-        "0.5",
-        "--epochs",
-        "5",
-        "--batch-size",
-        "64",
-        "--seed",
-        "3",
-        "--torch-threads",
-        "1",
-        "--checkpoint-dir",
-        str(ckpt),
-        "--checkpoint-every-steps",
-        "1",
-        "--no-progress",
-        "--report",
-        str(report),
-    ]
-
-
-def test_kill_9_mid_epoch_and_resume_matches_an_uninterrupted_run(daemon: StorageDaemon, tmp_path: Path) -> None:
-    ckpt, report = tmp_path / "ckpt", tmp_path / "report.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _train_cmd(daemon.address, ckpt, report), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    killed_at: tuple[int, int] | None = None
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = load_checkpoint(ckpt) if (ckpt / "checkpoint.pt").exists() else None
-            if state is not None and state["next_epoch"] >= 2 and state["current"] is not None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                killed_at = (state["next_epoch"], state["current"]["position"])
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _out, err = proc.communicate(timeout=30)
-    assert killed_at is not None, f"the run ended before it could be killed: {err.decode()[-2000:]}"
-    assert proc.returncode == -signal.SIGKILL
-    assert not report.exists()
-    resumed = subprocess.run(
-        _train_cmd(daemon.address, ckpt, report), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming at epoch" in resumed.stderr
-    result = json.loads(report.read_text())
-    assert [e["epoch"] for e in result["epochs"]] == [0, 1, 2, 3, 4]
-    # the interrupted epoch still trained on each of its selected samples (the stream restarted after them)
-    assert all(e["samples"] == e["subset_size"] for e in result["epochs"])
-    uninterrupted = train(_config(daemon, method="craig", fraction=0.5, epochs=5, batch_size=64, seed=3, pipeline=True))
-    assert abs(result["final_accuracy"] - uninterrupted.final_accuracy) <= 0.02, (
-        result["final_accuracy"],
-        uninterrupted.final_accuracy,
-        killed_at,
-    )
+        train(config_for(daemon, method="random", epochs=1, fraction=0.3, checkpoint_dir=str(ckpt)))
