@@ -75,6 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         crest_batch_num_mul=args.crest_batch_num_mul,
         crest_check_size=args.crest_check_size,
         torch_threads=args.torch_threads,
+        cpus=args.cpus,
         progress=not args.no_progress,
     )
     result = train(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
@@ -140,6 +141,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crest-batch-num-mul", type=int, default=5, help="CREST: b, mini-batch coresets per interval")
     p.add_argument("--crest-check-size", type=int, default=512, help="CREST: random samples in the check set (512)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--cpus", default="", help="pin the trainer to these CPUs, e.g. 1 (default: not pinned)")
     p.add_argument("--report", default=None, help="write the run's result (per-epoch records) as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
@@ -408,6 +410,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_proxy_bytes=args.max_proxy_bytes,
         max_concurrent_selections=args.max_concurrent_selections,
         grace_seconds=args.grace,
+        cpus=args.cpus,
     )
     return serve(config)
 
@@ -429,6 +432,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=None, help="where proxies and selections persist (<data-dir>/.nessa-state)")
     p.add_argument("--engine", default="opencl", choices=("opencl", "torch", "numpy"), help="proxy engine (opencl)")
     p.add_argument("--max-workers", type=int, default=16, help="RPC threads = most calls at once (default: 16)")
+    p.add_argument("--cpus", default="", help="pin the daemon to these CPUs, e.g. 0 or 0-3 (default: not pinned)")
     p.add_argument("--max-proxy-bytes", type=int, default=512 << 20, help="largest proxy accepted (512 MiB)")
     p.add_argument("--max-concurrent-selections", type=int, default=4, help="Select calls at once (default: 4)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown (10)")

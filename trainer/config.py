@@ -128,6 +128,7 @@ class TrainConfig:
         weighted: weight each sample's loss by its selection weight (CRAIG's and CREST's code); False trains
             unweighted (NeSSA's code).
         partition_refresh: with the ``partitions`` plan, push a new proxy every this many steps.
+        cpus: pin the trainer to these CPUs (e.g. ``"1"``; "" leaves it alone), torch's threads matched.
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
     """
@@ -169,6 +170,7 @@ class TrainConfig:
     progress: bool = True
     progress_desc: str | None = None
     plan: str = ""
+    cpus: str = ""
     weighted: bool = True
     partition_refresh: int = 1
     session: str = ""

@@ -6,8 +6,8 @@ loopback port, as it would run on a storage node), trains the 1-D CNN once per m
 and schedule, and writes ``report.json`` and ``report.png`` (accuracy against wall time and against bytes moved)
 into the output directory. The table it prints is :func:`nessa.trainer.report.format_table`.
 
-Timing note: the daemon and the trainer share this machine's cores, as they would not in a deployment where the
-daemon runs next to the storage; the selection work the daemon does competes with training for the CPU here.
+Placement: with two or more CPUs the daemon and the trainer get disjoint halves of them (``place``), as a storage
+node and a GPU node would; with one, selection and training compete for it, and the report says so.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from nessa.trainer.loop import train
 from nessa.trainer.report import RunResult, build_report, format_table, plot_report, write_report
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.placement import format_cpus, split_cpus
 
 __all__ = ["DEFAULT_METHODS", "QUICK", "DemoConfig", "print_report", "run_demo", "start_daemon"]
 
@@ -64,7 +65,9 @@ class DemoConfig:
         progress: show progress bars.
         method_options: per-method selector options.
         torch_threads: torch intra-op threads of the trainer (0: torch's default). Default 1: the daemon runs on
-            the same cores, and OpenMP oversubscription slows the small CNN by an order of magnitude.
+            the same cores, and OpenMP oversubscription slows the small CNN by an order of magnitude. With
+            ``place`` the trainer's threads match its CPUs instead.
+        place: pin the daemon and the trainer to disjoint halves of the CPUs (when there are two or more).
     """
 
     out: Path = Path("nessa-demo-out")
@@ -84,6 +87,7 @@ class DemoConfig:
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     torch_threads: int = 1
+    place: bool = True
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -101,7 +105,7 @@ QUICK = {"num_samples": 10_000, "epochs": 4}
 
 @contextmanager
 def start_daemon(
-    data_dir: Path, engine: str = "opencl", timeout: float = 180.0, log_path: Path | None = None
+    data_dir: Path, engine: str = "opencl", timeout: float = 180.0, log_path: Path | None = None, cpus: str = ""
 ) -> Iterator[str]:
     """Run ``nessa serve`` over ``data_dir`` on a free loopback port; yields ``host:port`` once it is SERVING.
 
@@ -130,6 +134,8 @@ def start_daemon(
         "--log-level",
         "warning",
     ]
+    if cpus:
+        cmd += ["--cpus", cpus]
     log_file = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file)
     try:
@@ -220,9 +226,17 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         data_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: list[RunResult] = []
+    halves = split_cpus() if cfg.place else None
+    daemon_cpus, trainer_cpus = (format_cpus(halves[0]), format_cpus(halves[1])) if halves else ("", "")
+    placement = (
+        f"storage daemon on CPUs {daemon_cpus}, trainer on CPUs {trainer_cpus} (disjoint, as two machines)"
+        if halves
+        else "daemon and trainer share the CPUs: selection and training compete for them"
+    )
+    echo(placement)
     try:
         _prepare_data(cfg, data_dir, echo)
-        with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log") as address:
+        with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus) as address:
             echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine})")
             for method in cfg.methods:
                 run_cfg = TrainConfig(
@@ -242,7 +256,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
                     reselect_every=cfg.reselect_every,
                     options=dict(cfg.method_options.get(method, {})),
                     progress=cfg.progress,
-                    torch_threads=cfg.torch_threads,
+                    torch_threads=0 if trainer_cpus else cfg.torch_threads,
+                    cpus=trainer_cpus,
                     progress_desc=method if method == "full" else f"{method} {cfg.fraction * 100:g}%",
                 )
                 results.append(train(run_cfg, echo=echo if not cfg.progress else (lambda _s: None)))
@@ -260,7 +275,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         "device": results[0].device if results else cfg.device,
         "cpu_count": os.cpu_count(),
         "total_seconds": time.perf_counter() - started,
-        "timing_note": "daemon and trainer share this machine's CPU cores; wall seconds exclude test-set evaluation",
+        "placement": placement,
+        "timing_note": "wall seconds exclude test-set evaluation",
     }
     report = build_report(results, config=config)
     write_report(report, cfg.out)

@@ -35,6 +35,7 @@ from nessa.client import StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.order import Partition, epoch_seed
 from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
+from nessa.placement import place
 from nessa.records import Selection
 
 __all__ = ["Trainer", "train"]
@@ -89,6 +90,7 @@ class Trainer:
         if self.info.num_samples < 1 or self.test_info.num_samples < 1:
             raise FailedPreconditionError("the training and test datasets must hold samples; ingest them first")
         self.decoder = SampleDecoder(self.info, cfg.model)
+        self.placement = place(cfg.cpus)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
@@ -398,6 +400,7 @@ class Trainer:
                 "pipeline": cfg.pipeline,
                 "plan": self.plan.name,
                 "session": self.run_id,
+                "placement": self.placement,
                 "method_options": dict(cfg.options),
                 "pushed_proxy_versions": list(self.pushed_versions),
                 "selections": list(self.selections),

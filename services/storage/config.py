@@ -37,6 +37,8 @@ class DaemonConfig:
         max_concurrent_selections: Select calls that may run at once (more get RESOURCE_EXHAUSTED).
         selection_cache_bytes: memory for recent selections kept in memory (older ones are reloaded from disk).
         max_saved_selections: selections kept on disk (oldest removed first).
+        cpus: pin the daemon to these CPUs (e.g. ``"0"`` or ``"0-3"``; "" leaves it alone), with PoCL's thread
+            count matched: a storage node's cores, apart from a trainer's on the same machine.
         max_sessions: selection sessions (session, dataset, method) whose selector state is kept (least recently
             used dropped first).
         proxy_batch_size: samples per proxy forward batch (cancellation is checked between batches).
@@ -62,6 +64,7 @@ class DaemonConfig:
     selection_cache_bytes: int = 256 * MIB
     max_saved_selections: int = 256
     max_sessions: int = 256
+    cpus: str = ""
     proxy_batch_size: int = 1024
     grace_seconds: float = 10.0
     drain_seconds: float = 1.0

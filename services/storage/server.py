@@ -205,6 +205,9 @@ def serve(config: DaemonConfig) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    from nessa.placement import place
+
+    log.info("running on %s", place(config.cpus, torch_threads=False))
     daemon = StorageDaemon(config)
     try:
         daemon.start(wait_ready=False)
