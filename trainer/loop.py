@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -69,16 +70,7 @@ from torch import nn
 
 from nessa.client import Batch, SelectionResult, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from nessa.metrics import (
-    TRAINER_ACCURACY,
-    TRAINER_BYTES_RECEIVED,
-    TRAINER_DATA_WAIT,
-    TRAINER_EPOCH,
-    TRAINER_EPOCH_DURATION,
-    TRAINER_LOSS,
-    TRAINER_SAMPLES,
-    TRAINER_SUBSET_SIZE,
-)
+from nessa.metrics import TRAINER_REGISTRY, TrainerMetrics
 from nessa.order import Partition, epoch_seed
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "Trainer", "method_needs_proxy", "resolve_device", "train"]
@@ -178,6 +170,15 @@ class Trainer:
         self._sent_mark = 0
         self._recv_mark = 0
         self._metric_mark: dict[str, int] = {}
+        # Every trainer series carries method and run (the checkpoint directory's name: one per configuration,
+        # the same across resumes); the byte and sample series exist at zero from the first scrape.
+        run = os.path.basename(os.path.normpath(config.checkpoint_dir)) if config.checkpoint_dir else ""
+        self.metrics = TrainerMetrics(
+            TRAINER_REGISTRY,
+            method=config.method,
+            run=run or f"{config.dataset}-{config.method}-{config.fraction:g}-s{config.seed}",
+            datasets=(config.dataset, config.test_dataset),
+        )
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -219,12 +220,8 @@ class Trainer:
         if cfg.metrics_port is not None:
             from nessa.metrics import start_metrics_server
 
-            self._metrics_server = start_metrics_server(cfg.metrics_port)
-            # Series exist at zero from the first scrape, so rate()/increase() see the first epoch's change.
-            for dataset in (cfg.dataset, cfg.test_dataset):
-                for kind in ("samples", "metadata"):
-                    TRAINER_BYTES_RECEIVED.labels(dataset=dataset, kind=kind)
-            TRAINER_SAMPLES.labels(dataset=cfg.dataset)
+            self._metrics_server = start_metrics_server(cfg.metrics_port, TRAINER_REGISTRY)
+        self.metrics.set_run_info(dataset=cfg.dataset, fraction=cfg.fraction, model=cfg.model)
 
     def _bytes_delta(self) -> tuple[int, int]:
         """Bytes received and sent since the last call (the client counts across threads)."""
@@ -235,7 +232,7 @@ class Trainer:
         return d_recv, d_sent
 
     def _metric_bytes(self, dataset: str | None = None) -> None:
-        """Add the bytes received since the last call (by kind) to ``nessa_trainer_bytes_received_total``.
+        """Add the bytes received since the last call (by kind) to ``nessa_trainer_received_bytes_total``.
 
         Counting from a running mark (not per streaming window) includes what the selection thread receives
         (``Select`` replies) whenever it arrives, so the counter's total equals the run's ``bytes_to_trainer``
@@ -246,7 +243,7 @@ class Trainer:
         for kind, value in dict(self.client.bytes_received).items():
             delta = value - self._metric_mark.get(kind, 0)
             if delta > 0:
-                TRAINER_BYTES_RECEIVED.labels(dataset=label, kind=kind).inc(delta)
+                self.metrics.received_bytes(label, kind).inc(delta)
             self._metric_mark[kind] = value
 
     # -- test set ------------------------------------------------------------------------------------------------
@@ -514,7 +511,7 @@ class Trainer:
                     held, waited = pipeline.result(epoch)
                     state.selection_wait += waited
                     state.data_wait += waited
-                    TRAINER_DATA_WAIT.observe(waited)
+                    self.metrics.data_wait.observe(waited)
                     self.selections.append(
                         {
                             "epoch": epoch,
@@ -591,7 +588,7 @@ class Trainer:
         state.position += n
         state.step += 1
         state.payload_bytes += batch.payload_bytes
-        TRAINER_SAMPLES.labels(dataset=cfg.dataset).inc(n)
+        self.metrics.trained_samples(cfg.dataset).inc(n)
         self._metric_bytes()
         if self._bar is not None:
             self._bar.update(1)
@@ -625,7 +622,7 @@ class Trainer:
                 for batch in prefetch:
                     wait = prefetch.waits[-1]
                     state.data_wait += wait
-                    TRAINER_DATA_WAIT.observe(wait)
+                    self.metrics.data_wait.observe(wait)
                     self._train_step(batch, state, steps)
                     t0 = self._maybe_checkpoint_mid(state, sel, pipeline.pending_jobs(), t0)
             finally:
@@ -672,14 +669,14 @@ class Trainer:
                         waited = time.perf_counter() - sel_start
                         state.data_wait += waited
                         state.selection_wait += waited
-                        TRAINER_DATA_WAIT.observe(waited)
+                        self.metrics.data_wait.observe(waited)
                         state.reselections += 1
                         since = 0
                         reselect = False
                     elif cycle is not None:
                         batch, wait = cycle.next()
                         state.data_wait += wait
-                        TRAINER_DATA_WAIT.observe(wait)
+                        self.metrics.data_wait.observe(wait)
                     else:  # unreachable: reselect is True whenever there is no cycle
                         raise FailedPreconditionError("CREST has no selection to train on")
                     self._train_step(batch, state, steps_per_epoch)
@@ -802,13 +799,13 @@ class Trainer:
                 mean_rho=state.rho_sum / state.checks if state.checks else None,
             )
         self.history.append(record)
-        TRAINER_EPOCH.set(state.epoch)
-        TRAINER_SUBSET_SIZE.labels(dataset=cfg.dataset).set(record["subset_size"])
-        TRAINER_EPOCH_DURATION.observe(state.seconds)
-        TRAINER_LOSS.labels(split="train").set(record["train_loss"])
-        TRAINER_LOSS.labels(split="test").set(test_loss)
-        TRAINER_ACCURACY.labels(split="train").set(record["train_accuracy"])
-        TRAINER_ACCURACY.labels(split="test").set(test_acc)
+        self.metrics.epoch.set(state.epoch)
+        self.metrics.subset_size(cfg.dataset).set(record["subset_size"])
+        self.metrics.epoch_duration.observe(state.seconds)
+        self.metrics.loss("train").set(record["train_loss"])
+        self.metrics.loss("test").set(test_loss)
+        self.metrics.accuracy("train").set(record["train_accuracy"])
+        self.metrics.accuracy("test").set(test_acc)
         self._say(
             f"{cfg.method} epoch {state.epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
             f"test acc {test_acc * 100:.2f}% | {state.seen} samples, {state.seconds:.2f} s "
