@@ -93,17 +93,24 @@ wait_log() {  # wait_log SERVICE PATTERN DEADLINE
 }
 
 up_and_check() {  # up_and_check LABEL: one `up` of the stack; checks health and the trainer's exit
-  local label="$1" t0=$SECONDS secs code
+  local label="$1" t0=$SECONDS code scrape
   if ! dc up -d --no-build "${SERVICES[@]}" >/tmp/nessa-test-up.log 2>&1; then
     cat /tmp/nessa-test-up.log
     fail "$label: docker compose up"
     return 1
   fi
-  if secs="$(wait_healthy storage "$STORAGE_DEADLINE")"; then
-    pass "$label: storage healthy ${secs} s after its start ($((SECONDS - t0)) s after up, ingest included)"
+  if wait_healthy storage "$STORAGE_DEADLINE" >/dev/null; then
+    pass "$label: storage healthy $((SECONDS - t0)) s after up (ingest and kernel build included)"
   else
     fail "$label: storage not healthy within ${STORAGE_DEADLINE} s"
     return 1
+  fi
+  scrape="$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:${NESSA_STORAGE_METRICS_PORT:-9400}/metrics" 2>/dev/null || true)"
+  if grep -q '^nessa_sent_bytes_total' <<<"$scrape" && ! grep -q '^nessa_trainer_' <<<"$scrape"; then
+    pass "$label: the storage /metrics serves daemon series only ($(grep -c '^nessa_' <<<"$scrape") nessa_ samples, no nessa_trainer_)"
+  else
+    fail "$label: the storage /metrics is missing daemon series or serves trainer series"
   fi
   if code="$(wait_exit trainer "$TRAINER_DEADLINE")"; then
     if [ "$code" = 0 ]; then
