@@ -193,17 +193,24 @@ def test_metrics_port_serves_the_trainer_metrics_while_it_trains(daemon: Storage
     result = trainer.run()
     assert len(scraped) == 1
     body = scraped[0]
-    run = f'method="random",run="{trainer.metrics.run}"'
-    for name in (
-        "nessa_trainer_epoch_duration_seconds_count",
-        "nessa_trainer_data_wait_seconds_count",
-        f'nessa_trainer_received_bytes_total{{{run},dataset="m",kind="samples"}}',
-        f'nessa_trainer_trained_samples_total{{{run},dataset="m"}}',
-        f'nessa_trainer_loss{{{run},split="test"}}',
-        f'nessa_trainer_accuracy_ratio{{{run},split="test"}}',
-    ):
-        assert name in body, name
-    assert f'nessa_trainer_accuracy_ratio{{{run},split="test"}} {result.final_accuracy}' in body
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run = {"method": "random", "run": trainer.metrics.run}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+    def scraped(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted({**run, **labels}.items()))))
+
+    assert scraped("nessa_trainer_epoch_duration_seconds_count") is not None
+    assert scraped("nessa_trainer_data_wait_seconds_count") is not None
+    assert scraped("nessa_trainer_received_bytes_total", dataset="m", kind="samples") is not None
+    assert scraped("nessa_trainer_trained_samples_total", dataset="m") is not None
+    assert scraped("nessa_trainer_loss", split="test") is not None
+    assert scraped("nessa_trainer_accuracy_ratio", split="test") == result.final_accuracy
 
 
 def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
