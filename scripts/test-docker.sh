@@ -107,7 +107,8 @@ up_and_check() {  # up_and_check LABEL: one `up` of the stack; checks health and
   fi
   scrape="$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
     "http://127.0.0.1:${NESSA_STORAGE_METRICS_PORT:-9400}/metrics" 2>/dev/null || true)"
-  if grep -q '^nessa_sent_bytes_total' <<<"$scrape" && ! grep -q '^nessa_trainer_' <<<"$scrape"; then
+  if grep -q '^nessa_build_info' <<<"$scrape" && grep -q '^nessa_grpc_server_started_total' <<<"$scrape" \
+    && ! grep -q '^nessa_trainer_' <<<"$scrape"; then
     pass "$label: the storage /metrics serves daemon series only ($(grep -c '^nessa_' <<<"$scrape") nessa_ samples, no nessa_trainer_)"
   else
     fail "$label: the storage /metrics is missing daemon series or serves trainer series"
