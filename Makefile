@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-all demo lint protos protos-check bench clean
+.PHONY: test test-all test-docker demo lint protos protos-check bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	scripts/system-deps.sh $(PY) test
 	$(PY) -m pytest -q -m 'not fpga'
+
+## make test-docker: build the images and run the compose stack against a real Docker engine (needs Compose v2
+## and an engine; not part of CI): health, exit codes, Prometheus targets, bytes counters, dashboard queries
+test-docker:
+	scripts/test-docker.sh
 
 ## make demo: the main job on the embedded default (MNIST-1D)
 demo: $(STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -60,9 +61,8 @@ class Trainer:
         self._echo = echo or log.info
         self.needs_proxy = method_needs_proxy(config.method, config.options)
         self.device = resolve_device(config.device)
-        self.meter = Meter(
-            self.client, config.dataset, config.test_dataset, serve_metrics=config.metrics_port is not None
-        )
+        run = metrics_run_name(config)
+        self.meter = Meter(self.client, config.dataset, config.test_dataset, config.method, run)
         self.checkpoint = Checkpoint(config)
         self.selections: list[dict[str, Any]] = []  # every selection used: epoch, id, proxy version, timings
         self.pushed_versions: list[int] = []
@@ -103,9 +103,10 @@ class Trainer:
         self.export_proxy = ProxyExporter(self.model, self.decoder, cfg.quantize)
         self.plan: Plan = plan_for(cfg.method, cfg.plan)(self)
         if cfg.metrics_port is not None:
-            from nessa.metrics import start_metrics_server
+            from nessa.metrics import TRAINER_REGISTRY, start_metrics_server
 
-            self._metrics_server = start_metrics_server(cfg.metrics_port)
+            self._metrics_server = start_metrics_server(cfg.metrics_port, TRAINER_REGISTRY)
+        self.meter.metrics.set_run_info(dataset=cfg.dataset, fraction=cfg.fraction, model=cfg.model)
 
     def labels(self) -> np.ndarray:
         """Every training sample's label (streamed once, as metadata only, and kept)."""
@@ -406,6 +407,13 @@ class Trainer:
                 "selections": list(self.selections),
             },
         )
+
+
+def metrics_run_name(config: TrainConfig) -> str:
+    """The ``run`` label of a run's series: its checkpoint directory's name, else its settings (stable on resume)."""
+    if config.checkpoint_dir:
+        return os.path.basename(os.path.normpath(config.checkpoint_dir))
+    return f"{config.dataset}-{config.method}-{config.fraction:g}-s{config.seed}"
 
 
 def train(

@@ -15,16 +15,7 @@ from typing import Any
 from nessa.trainer.report import format_bytes
 
 from nessa.client import StorageClient
-from nessa.metrics import (
-    TRAINER_ACCURACY,
-    TRAINER_BYTES_RECEIVED,
-    TRAINER_DATA_WAIT,
-    TRAINER_EPOCH,
-    TRAINER_EPOCH_DURATION,
-    TRAINER_LOSS,
-    TRAINER_SAMPLES,
-    TRAINER_SUBSET_SIZE,
-)
+from nessa.metrics import TRAINER_REGISTRY, TrainerMetrics
 
 __all__ = ["EpochState", "Meter", "SelectionUsed"]
 
@@ -69,10 +60,11 @@ class Meter:
         client: the client whose counters are read.
         dataset: the training dataset (the default label of bytes).
         test_dataset: the test dataset.
-        serve_metrics: create every series at zero so the first scrape sees them.
+        method: the run's method (a label of every series).
+        run: the run's name (a label of every series; stable across resumes).
     """
 
-    def __init__(self, client: StorageClient, dataset: str, test_dataset: str, serve_metrics: bool = False) -> None:
+    def __init__(self, client: StorageClient, dataset: str, test_dataset: str, method: str, run: str) -> None:
         self.client = client
         self.dataset = dataset
         self.history: list[dict[str, Any]] = []
@@ -80,11 +72,8 @@ class Meter:
         self._recv_mark = 0
         self._sent_mark = 0
         self._metric_mark: dict[str, int] = {}
-        if serve_metrics:
-            for name in (dataset, test_dataset):
-                for kind in ("samples", "metadata"):
-                    TRAINER_BYTES_RECEIVED.labels(dataset=name, kind=kind)
-            TRAINER_SAMPLES.labels(dataset=dataset)
+        # The byte and sample series exist at zero from the first scrape.
+        self.metrics = TrainerMetrics(TRAINER_REGISTRY, method=method, run=run, datasets=(dataset, test_dataset))
 
     def take_bytes(self) -> tuple[int, int]:
         """Bytes received and sent since the last call."""
@@ -106,7 +95,7 @@ class Meter:
         for kind, value in dict(self.client.bytes_received).items():
             delta = value - self._metric_mark.get(kind, 0)
             if delta > 0:
-                TRAINER_BYTES_RECEIVED.labels(dataset=label, kind=kind).inc(delta)
+                self.metrics.received_bytes(label, kind).inc(delta)
             self._metric_mark[kind] = value
 
     def wait(self, state: EpochState, seconds: float, selection: bool = False) -> None:
@@ -114,7 +103,7 @@ class Meter:
         state.data_wait += seconds
         if selection:
             state.selection_wait += seconds
-        TRAINER_DATA_WAIT.observe(seconds)
+        self.metrics.data_wait.observe(seconds)
 
     def step(
         self, state: EpochState, n: int, loss_sum: float, weighted_loss: float, correct: int, payload: int
@@ -127,7 +116,7 @@ class Meter:
         state.position += n
         state.step += 1
         state.payload_bytes += payload
-        TRAINER_SAMPLES.labels(dataset=self.dataset).inc(n)
+        self.metrics.trained_samples(self.dataset).inc(n)
         self.publish_bytes()
 
     def end_epoch(
@@ -169,13 +158,14 @@ class Meter:
             **(extra or {}),
         }
         self.history.append(record)
-        TRAINER_EPOCH.set(state.epoch)
-        TRAINER_SUBSET_SIZE.labels(dataset=self.dataset).set(record["subset_size"])
-        TRAINER_EPOCH_DURATION.observe(state.seconds)
-        TRAINER_LOSS.labels(split="train").set(record["train_loss"])
-        TRAINER_LOSS.labels(split="test").set(test_loss)
-        TRAINER_ACCURACY.labels(split="train").set(record["train_accuracy"])
-        TRAINER_ACCURACY.labels(split="test").set(test_accuracy)
+        m = self.metrics
+        m.epoch.set(state.epoch)
+        m.subset_size(self.dataset).set(record["subset_size"])
+        m.epoch_duration.observe(state.seconds)
+        m.loss("train").set(record["train_loss"])
+        m.loss("test").set(test_loss)
+        m.accuracy("train").set(record["train_accuracy"])
+        m.accuracy("test").set(test_accuracy)
         return record
 
     @staticmethod

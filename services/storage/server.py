@@ -26,13 +26,14 @@ from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
 from nessa.services.storage.proxies import ProxyStore
+from nessa.services.storage.rpc_metrics import RpcMetricsInterceptor
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
 
 from nessa.errors import FailedPreconditionError
-from nessa.metrics import initialize_storage_series, start_metrics_server
+from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
 from nessa.proxy.engine import BACKENDS
 from nessa.selection import available
 from nessa.v1 import storage_pb2
@@ -95,7 +96,7 @@ class StorageDaemon:
         initialize_storage_series(available(), BACKENDS)
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
-        interceptors: list[grpc.ServerInterceptor] = []
+        interceptors: list[grpc.ServerInterceptor] = [RpcMetricsInterceptor()]  # first: sees every status
         if cfg.token:
             interceptors.append(TokenInterceptor(cfg.token))
         interceptors.append(ErrorInterceptor())
@@ -132,7 +133,7 @@ class StorageDaemon:
         server.start()
         self._server = server
         if cfg.metrics_port is not None:
-            self._metrics = start_metrics_server(cfg.metrics_port, host=cfg.host)
+            self._metrics = start_metrics_server(cfg.metrics_port, STORAGE_REGISTRY, host=cfg.host)
             self.metrics_port = int(self._metrics.server_port)
         log.info("listening on %s%s", self.address, " (TLS)" if cfg.tls else "")
         if wait_ready:

@@ -12,10 +12,10 @@ import pytest
 import torch
 from daemon_helpers import TOY_DIM, TOY_N, make_toy, running
 from nessa.trainer.models import mlp
-from prometheus_client import REGISTRY
 
 from nessa.client import StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from nessa.metrics import STORAGE_REGISTRY
 from nessa.proxy import dumps, export
 from nessa.store import ingest_arrays
 from nessa.v1 import storage_pb2 as pb
@@ -135,7 +135,7 @@ def test_a_50mb_proxy_crosses_in_chunks(client: StorageClient) -> None:
 
 
 def _value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return STORAGE_REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _wait_for(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -8,17 +8,17 @@ import grpc
 import numpy as np
 import pytest
 from daemon_helpers import make_toy, running
-from prometheus_client import REGISTRY
 
 from nessa.client import StorageClient
 from nessa.errors import ResourceExhaustedError
+from nessa.metrics import STORAGE_REGISTRY
 from nessa.store import ingest_arrays
 
 BIG = 5_000_000  # float32 elements: 20 MB per sample
 
 
 def active_streams() -> float:
-    return REGISTRY.get_sample_value("nessa_active_streams") or 0.0
+    return STORAGE_REGISTRY.get_sample_value("nessa_active_streams") or 0.0
 
 
 def test_a_20mb_sample_crosses_the_default_message_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]

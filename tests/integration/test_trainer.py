@@ -15,11 +15,11 @@ from nessa.trainer.batches import TrainBatch
 from nessa.trainer.config import TrainConfig, method_needs_proxy
 from nessa.trainer.loop import Trainer, train
 from nessa.trainer.meter import EpochState
-from prometheus_client import REGISTRY
 from trainer_helpers import config_for, mnist_daemon
 
 from nessa.client import Selection, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.metrics import TRAINER_REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,13 @@ class RecordingTrainer(Trainer):
 
 
 def _metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """The sum of the trainer's samples called ``name`` whose labels include ``labels`` (every method and run)."""
+    return sum(
+        s.value
+        for family in TRAINER_REGISTRY.collect()
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights(daemon: StorageDaemon) -> None:
@@ -53,9 +59,9 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
     kinds = ("samples", "metadata")
     before = {
         "bytes": sum(
-            _metric("nessa_trainer_bytes_received_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test")
+            _metric("nessa_trainer_received_bytes_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test")
         ),
-        "samples": _metric("nessa_trainer_samples_total", dataset="m"),
+        "samples": _metric("nessa_trainer_trained_samples_total", dataset="m"),
         "epochs": _metric("nessa_trainer_epoch_duration_seconds_count"),
         "waits": _metric("nessa_trainer_data_wait_seconds_count"),
     }
@@ -91,18 +97,19 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
     assert test_bytes <= result.eval_bytes <= test_bytes * 1.25 + 10_000
     # the trainer's Prometheus metrics saw the same run
     moved = (
-        sum(_metric("nessa_trainer_bytes_received_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test"))
+        sum(_metric("nessa_trainer_received_bytes_total", dataset=d, kind=k) for k in kinds for d in ("m", "m-test"))
         - before["bytes"]
     )
     assert result.setup_bytes > 0
     assert moved == result.bytes_to_trainer + result.eval_bytes + result.setup_bytes
-    assert _metric("nessa_trainer_samples_total", dataset="m") - before["samples"] == sum(
+    assert _metric("nessa_trainer_trained_samples_total", dataset="m") - before["samples"] == sum(
         r["samples"] for r in result.epochs
     )
     assert _metric("nessa_trainer_epoch_duration_seconds_count") - before["epochs"] == 3
     assert _metric("nessa_trainer_data_wait_seconds_count") - before["waits"] >= sum(r["steps"] for r in result.epochs)
-    assert _metric("nessa_trainer_accuracy_ratio", split="test") == pytest.approx(result.final_accuracy)
-    assert _metric("nessa_trainer_loss", split="train") == pytest.approx(result.epochs[-1]["train_loss"])
+    run = {"method": "craig", "run": trainer.meter.metrics.run}
+    assert _metric("nessa_trainer_accuracy_ratio", split="test", **run) == pytest.approx(result.final_accuracy)
+    assert _metric("nessa_trainer_loss", split="train", **run) == pytest.approx(result.epochs[-1]["train_loss"])
 
 
 def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) -> None:
@@ -145,16 +152,24 @@ def test_metrics_port_serves_the_trainer_metrics_while_it_trains(daemon: Storage
     result = trainer.run()
     assert len(scraped) == 1
     body = scraped[0]
-    for name in (
-        "nessa_trainer_epoch_duration_seconds_count",
-        "nessa_trainer_data_wait_seconds_count",
-        'nessa_trainer_bytes_received_total{dataset="m",kind="samples"}',
-        'nessa_trainer_samples_total{dataset="m"}',
-        'nessa_trainer_loss{split="test"}',
-        'nessa_trainer_accuracy_ratio{split="test"}',
-    ):
-        assert name in body, name
-    assert f'nessa_trainer_accuracy_ratio{{split="test"}} {result.final_accuracy}' in body
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run = {"method": "random", "run": trainer.meter.metrics.run}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+    def scraped(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted({**run, **labels}.items()))))
+
+    assert scraped("nessa_trainer_epoch_duration_seconds_count") is not None
+    assert scraped("nessa_trainer_data_wait_seconds_count") is not None
+    assert scraped("nessa_trainer_received_bytes_total", dataset="m", kind="samples") is not None
+    assert scraped("nessa_trainer_trained_samples_total", dataset="m") is not None
+    assert scraped("nessa_trainer_loss", split="test") is not None
+    assert scraped("nessa_trainer_accuracy_ratio", split="test") == result.final_accuracy
 
 
 def test_weights_scale_the_gradient(daemon: StorageDaemon) -> None:
