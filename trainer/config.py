@@ -38,6 +38,7 @@ RESUME_KEYS = (
     "crest_check_size",
     "crest_warmup",
     "plan",
+    "stop_at_accuracy",
     "weighted",
     "partition_refresh",
 )
@@ -129,6 +130,8 @@ class TrainConfig:
             unweighted (NeSSA's code).
         partition_refresh: with the ``partitions`` plan, push a new proxy every this many steps.
         cpus: pin the trainer to these CPUs (e.g. ``"1"``; "" leaves it alone), torch's threads matched.
+        stop_at_accuracy: stop after the first epoch whose test accuracy reaches this (a time-to-accuracy run;
+            ``epochs`` is then the most it may train).
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
     """
@@ -170,6 +173,7 @@ class TrainConfig:
     progress: bool = True
     progress_desc: str | None = None
     plan: str = ""
+    stop_at_accuracy: float | None = None
     cpus: str = ""
     weighted: bool = True
     partition_refresh: int = 1
@@ -208,6 +212,8 @@ class TrainConfig:
             raise InvalidArgumentError(f"quantize must be 'int8' or None; got {self.quantize!r}")
         if not math.isfinite(self.crest_tau) or self.crest_tau <= 0 or self.crest_interval_mul <= 0:
             raise InvalidArgumentError("crest_tau and crest_interval_mul must be > 0")
+        if self.stop_at_accuracy is not None and not 0 < self.stop_at_accuracy <= 1:
+            raise InvalidArgumentError(f"stop_at_accuracy must be in (0, 1]; got {self.stop_at_accuracy!r}")
         if not (math.isfinite(self.crest_warmup) and self.crest_warmup >= 0):
             raise InvalidArgumentError(f"crest_warmup must be a fraction of an epoch >= 0; got {self.crest_warmup!r}")
         if self.method == "crest" and self.options.get("minibatch_size", self.batch_size) != self.batch_size:

@@ -71,6 +71,7 @@ class Trainer:
         self._bar: Any = None
         self._metrics_server: Any = None
         self._labels: np.ndarray | None = None
+        self.stop_requested = False  # set when the run reached stop_at_accuracy
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -257,6 +258,9 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         record = self.meter.end_epoch(state, used, test_loss, test_acc, lr, extra)
         self.say(Meter.epoch_line(cfg.method, cfg.epochs, record))
+        if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
+            self.stop_requested = True
+            self.say(f"{cfg.method}: reached {test_acc * 100:.2f} % >= {cfg.stop_at_accuracy * 100:.2f} %; stopping")
         if self._bar is not None:
             self._bar.set_postfix(acc=f"{test_acc * 100:.2f}%", loss=f"{record['train_loss']:.3f}")
         self._save(state.epoch + 1, None, keep, plan_state)

@@ -245,6 +245,15 @@ def test_partition_plan_takes_one_step_on_each_partitions_coreset(daemon: Storag
     assert trainer.results[0].options["similarity"] == "exp"
 
 
+def test_stop_at_accuracy_ends_the_run_after_the_first_epoch_that_reaches_it(daemon: StorageDaemon) -> None:
+    reference = train(config_for(daemon, method="random", fraction=0.2, epochs=4))
+    target = reference.epochs[1]["test_accuracy"]  # reached at epoch 2 at the latest
+    stopped = train(config_for(daemon, method="random", fraction=0.2, epochs=4, stop_at_accuracy=target))
+    first = next(i for i, r in enumerate(reference.epochs) if r["test_accuracy"] >= target)
+    assert len(stopped.epochs) == first + 1 < 4
+    assert [r["test_accuracy"] for r in stopped.epochs] == [r["test_accuracy"] for r in reference.epochs[: first + 1]]
+
+
 def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="unknown method"):
         method_needs_proxy("magic")

@@ -70,6 +70,8 @@ class CrestPlan(Plan):
         warm: tuple[Selection, Prefetch[TrainBatch]] | None = None
         try:
             for epoch in range(start_epoch, cfg.epochs):
+                if t.stop_requested:
+                    break
                 state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
                 current = None
                 t0 = time.perf_counter()

@@ -71,6 +71,8 @@ class EpochPlan(Plan):
                 last_job = SelectionJob.from_state(state)
                 self.pipeline.submit(last_job)
             for epoch in range(start_epoch, cfg.epochs):
+                if t.stop_requested:
+                    break
                 state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
                 current = None
                 t0 = time.perf_counter()

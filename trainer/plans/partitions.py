@@ -65,6 +65,8 @@ class PartitionPlan(Plan):
         labels = t.labels()
         version: int | None = None
         for epoch in range(start_epoch, cfg.epochs):
+            if t.stop_requested:
+                break
             state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
             current = None
             t0 = time.perf_counter()
