@@ -25,7 +25,7 @@ import lmdb
 import numpy as np
 
 from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, OutOfRangeError
-from nessa.store import lmdbenv
+import nessa.store.lmdbenv as lmdbenv
 from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
 from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encode_keys
 

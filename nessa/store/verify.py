@@ -18,7 +18,7 @@ import lmdb
 import numpy as np
 
 from nessa.errors import DataCorruptionError
-from nessa.store import lmdbenv
+import nessa.store.lmdbenv as lmdbenv
 from nessa.store.lmdbenv import ShardCorruptionError
 from nessa.store.manifest import KEY_BYTES, LABELS_FILE, SIZES_FILE, Manifest, ShardInfo, encode_key
 
