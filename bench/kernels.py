@@ -139,7 +139,7 @@ def proxy_forward(cfg: Config) -> Table:
                 f"{rate['opencl'] / rate['torch']:.2f}x",
             ]
         )
-    device = ProxyEngine("opencl")._backend.runtime.name  # type: ignore[attr-defined]
+    device = ProxyEngine("opencl")._engine.runtime.name  # type: ignore[attr-defined]
     table.notes += [
         f"batch size {cfg.batch_size}; {cores} cores; torch threads {torch.get_num_threads()}; OpenCL: {device}",
         "proxies include input normalization, the fused softmax/gradient/loss head and the download of all outputs",

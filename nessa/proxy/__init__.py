@@ -1,23 +1,30 @@
-"""The model proxy: format, export from torch, and the engines that run it next to the data.
+"""The model proxy: its wire format, export from torch, and the engines that run it next to the data.
 
-* :func:`export` traces a torch module (torch.fx), folds BatchNorm, quantizes weights to int8 per output channel
-  and returns a :class:`Proxy`;
+* :func:`export` turns a torch module into a :class:`Proxy` (imported on first use: it needs torch);
 * :func:`dumps` / :func:`loads` are the wire form (``nessa.v1.Proxy``, checksummed; ``loads`` validates);
-* :class:`ProxyEngine` runs a proxy over samples (``"opencl"`` by default, ``"torch"``, or ``"numpy"``) and returns
+* :class:`ProxyEngine` runs a proxy over samples with one engine of :data:`ENGINES` and returns
   :class:`ProxyOutputs`: logits, the last-layer gradient ``softmax(z) - onehot(y)``, loss and embedding.
+
+Importing this package imports neither torch nor OpenCL; each engine imports its own on first use.
 """
 
 from __future__ import annotations
 
-from nessa.proxy.engine import BACKENDS, DEFAULT_BATCH_SIZE, ProxyEngine, ProxyOutputs
-from nessa.proxy.export import export
+from typing import TYPE_CHECKING, Any
+
+from nessa.proxy.engine import DEFAULT_BATCH_SIZE, ENGINES, ProxyEngine
 from nessa.proxy.format import INPUT, Normalization, Proxy, dumps, loads
+from nessa.proxy.graph import Engine, ProxyOutputs
 from nessa.proxy.quantize import dequantize, quantize_per_channel
 
+if TYPE_CHECKING:
+    from nessa.proxy.torch_export import export
+
 __all__ = [
-    "BACKENDS",
     "DEFAULT_BATCH_SIZE",
+    "ENGINES",
     "INPUT",
+    "Engine",
     "Normalization",
     "Proxy",
     "ProxyEngine",
@@ -28,3 +35,12 @@ __all__ = [
     "loads",
     "quantize_per_channel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``export`` needs torch and torch.fx; import them only when it is asked for.
+    if name == "export":
+        from nessa.proxy.torch_export import export
+
+        return export
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

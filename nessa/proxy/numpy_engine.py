@@ -1,7 +1,6 @@
-"""The numpy backend: the proxy graph evaluated with the reference ops of :mod:`nessa.accel.reference.nn`.
+"""The numpy engine: the proxy graph evaluated with the reference ops of :mod:`nessa.accel.reference.nn`.
 
-It is the oracle the other backends are tested against and a backend a user may ask for (``backend="numpy"``);
-it is never chosen silently.
+It is the oracle the other engines are tested against; it runs only when asked for (``ProxyEngine("numpy")``).
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from nessa.accel.reference import nn as ref
-from nessa.proxy.engine import Backend, ProxyOutputs, interpret
 from nessa.proxy.format import Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 
-__all__ = ["NumpyBackend", "NumpyOps"]
+__all__ = ["NumpyEngine", "NumpyOps"]
 
 
 class NumpyOps:
-    """:class:`~nessa.proxy.engine.GraphOps` over numpy arrays (float64 accumulation, float32 results)."""
+    """:class:`~nessa.proxy.graph.GraphOps` over numpy arrays (float64 accumulation, float32 results)."""
 
     def normalize(self, x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: float) -> np.ndarray:
         """See :func:`nessa.accel.reference.nn.normalize`."""
@@ -61,7 +60,7 @@ class NumpyOps:
         return proxy.tensor(name)
 
 
-class NumpyBackend(Backend):
+class NumpyEngine(Engine):
     """Evaluates proxies with the numpy reference ops."""
 
     name = "numpy"
@@ -70,7 +69,7 @@ class NumpyBackend(Backend):
         self._ops = NumpyOps()
 
     def forward(self, proxy: Proxy, x: np.ndarray, labels: np.ndarray, batch_size: int) -> ProxyOutputs:
-        """One batch; see :meth:`nessa.proxy.engine.Backend.forward`."""
+        """One batch; see :meth:`nessa.proxy.graph.Engine.forward`."""
         logits, emb = interpret(proxy, x, self._ops)
         grad, loss = ref.softmax_xent(logits, labels)
         return ProxyOutputs(

@@ -1,18 +1,7 @@
-"""The OpenCL backend: a proxy compiled into a plan of kernel launches over device-resident activations.
+"""The OpenCL engine: a proxy compiled once per (proxy, batch size) into a :class:`Plan` of kernel launches.
 
-Planning (once per proxy and batch size, cached):
-
-* ``flatten`` is a view (no kernel);
-* a ReLU is fused into the conv / linear / add that produces its input, and an ``add`` one of whose operands is a
-  conv read by nothing else becomes that conv's residual input (so a ResNet block's ``relu(conv(x) + shortcut)``
-  is one kernel); a fused node is never the output or the embedding, which stay materialized;
-* int8 weights are dequantized on the host (the same float32 values every backend uses) and packed once for the
-  conv kernel's register tiles;
-* activation buffers are assigned by liveness: a buffer is reused once its last reader has run.
-
-Per batch: one upload of the raw samples (uint8 images cross as bytes), the normalization kernel, the planned
-kernels, the fused softmax / gradient / cross-entropy kernel, and one download each of logits, gradient, loss and
-embedding. A failure is raised; nothing falls back to another backend.
+Contract: the same outputs as the other engines (same dequantized float32 weights, float32 accumulation), raw
+samples uploaded once per batch, activations kept on the device; a failure is raised, never a fallback.
 """
 
 from __future__ import annotations
@@ -27,10 +16,10 @@ import pyopencl.array as cl_array
 
 from nessa.accel import nn_ops
 from nessa.accel.runtime import OpenCLRuntime, get_runtime
-from nessa.proxy.engine import Backend, ProxyOutputs, live_order
 from nessa.proxy.format import INPUT, Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, live_order
 
-__all__ = ["OpenCLBackend", "Plan"]
+__all__ = ["OpenCLEngine", "Plan"]
 
 _PLAN_CACHE = 2
 
@@ -261,7 +250,7 @@ class Plan:
         return lines
 
 
-class OpenCLBackend(Backend):
+class OpenCLEngine(Engine):
     """Runs proxies with the OpenCL kernels; plans are cached per proxy (by checksum) and batch size."""
 
     name = "opencl"
@@ -284,5 +273,5 @@ class OpenCLBackend(Backend):
         return plan
 
     def forward(self, proxy: Proxy, x: np.ndarray, labels: np.ndarray, batch_size: int) -> ProxyOutputs:
-        """One batch; see :meth:`nessa.proxy.engine.Backend.forward`."""
+        """One batch; see :meth:`nessa.proxy.graph.Engine.forward`."""
         return self.plan(proxy, batch_size).run(x, labels)

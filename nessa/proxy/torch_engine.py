@@ -1,8 +1,7 @@
-"""The torch backend: the proxy graph run with torch ops on the proxy's dequantized weights.
+"""The torch engine: the proxy graph run with torch ops on the proxy's dequantized float32 weights.
 
-Both this backend and the OpenCL one consume the very same float32 weights (``Proxy.tensor``: int8 values times
-their per-channel scale, in float32), so they differ only by float32 accumulation order. It is the reference the
-OpenCL engine is held to and a fast CPU path (torch's own thread pool; this module does not change its size).
+Contract: the same weights as the OpenCL engine (``Proxy.tensor``), so the two differ only by float32 accumulation
+order; torch's thread pool is left as it is.
 """
 
 from __future__ import annotations
@@ -13,14 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nessa.proxy.engine import Backend, ProxyOutputs, interpret
 from nessa.proxy.format import Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 
-__all__ = ["TorchBackend", "TorchOps"]
+__all__ = ["TorchEngine", "TorchOps"]
 
 
 class TorchOps:
-    """:class:`~nessa.proxy.engine.GraphOps` over float32 torch tensors (weights converted once per proxy)."""
+    """:class:`~nessa.proxy.graph.GraphOps` over float32 torch tensors (weights converted once per proxy)."""
 
     def __init__(self) -> None:
         self._weights: dict[tuple[int, str], torch.Tensor] = {}
@@ -85,7 +84,7 @@ class TorchOps:
         return t
 
 
-class TorchBackend(Backend):
+class TorchEngine(Engine):
     """Evaluates proxies with torch (CPU) ops."""
 
     name = "torch"
@@ -94,7 +93,7 @@ class TorchBackend(Backend):
         self._ops = TorchOps()
 
     def forward(self, proxy: Proxy, x: np.ndarray, labels: np.ndarray, batch_size: int) -> ProxyOutputs:
-        """One batch; see :meth:`nessa.proxy.engine.Backend.forward`."""
+        """One batch; see :meth:`nessa.proxy.graph.Engine.forward`."""
         with torch.inference_mode():
             logits, emb = interpret(proxy, x, self._ops)
             y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))

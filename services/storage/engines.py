@@ -6,14 +6,12 @@ import threading
 from typing import TYPE_CHECKING
 
 from nessa.errors import InvalidArgumentError
+from nessa.proxy.engine import ENGINES
 
 if TYPE_CHECKING:
     from nessa.proxy import ProxyEngine
 
 __all__ = ["ENGINES", "EnginePool"]
-
-#: Proxy engines the daemon can run.
-ENGINES = ("opencl", "torch", "numpy")
 
 
 class EnginePool:
@@ -42,7 +40,7 @@ class EnginePool:
             if engine is None:
                 from nessa.proxy import ProxyEngine
 
-                engine = ProxyEngine(backend=name)
+                engine = ProxyEngine(name)
                 self._engines[name] = engine
         return engine
 

@@ -34,7 +34,7 @@ from nessa.services.storage.sessions import SessionStore
 
 from nessa.errors import FailedPreconditionError
 from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
-from nessa.proxy.engine import BACKENDS
+from nessa.proxy.engine import ENGINES
 from nessa.selection import available
 from nessa.v1 import storage_pb2
 
@@ -93,7 +93,7 @@ class StorageDaemon:
             FailedPreconditionError: the port cannot be bound.
         """
         cfg = self.config
-        initialize_storage_series(available(), BACKENDS)
+        initialize_storage_series(available(), ENGINES)
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
         interceptors: list[grpc.ServerInterceptor] = [RpcMetricsInterceptor()]  # first: sees every status

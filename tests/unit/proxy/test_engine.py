@@ -22,7 +22,7 @@ from torch import nn
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy import Normalization, Proxy, ProxyEngine, export
-from nessa.proxy.opencl_engine import OpenCLBackend
+from nessa.proxy.opencl_engine import OpenCLEngine
 
 ENGINES = {name: ProxyEngine(name, batch_size=64) for name in ("opencl", "torch", "numpy")}
 
@@ -211,7 +211,7 @@ def test_batching_does_not_change_results() -> None:
 
 def test_opencl_plan_fuses_residual_blocks() -> None:
     proxy = export(resnet20(width=4), torch.zeros(1, 3, 32, 32))
-    plan = OpenCLBackend().plan(proxy, 8)
+    plan = OpenCLEngine().plan(proxy, 8)
     steps = plan.describe()
     kinds = [s.split()[0] for s in steps]
     assert "add" not in kinds and "relu" not in kinds  # every add and ReLU fused into a conv
@@ -248,7 +248,7 @@ def test_bad_inputs_are_rejected() -> None:
     proxy = export(cnn1d(width=4), torch.zeros(1, 40))
     e = ENGINES["opencl"]
     x, y = np.zeros((4, 40), np.float32), np.zeros(4, np.int64)
-    with pytest.raises(InvalidArgumentError, match="unknown proxy backend"):
+    with pytest.raises(InvalidArgumentError, match="unknown proxy engine"):
         ProxyEngine("cuda")
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         ProxyEngine("torch", batch_size=0)
