@@ -1,6 +1,6 @@
 """Facility-location selection: our engine (each greedy variant, each backend) against apricot, side by side.
 
-Three tables:
+Three tables, the first with the backends' agreement under it:
 
 1. **FL vs apricot.** The same features (10 classes × 5,000, d = 10 and d = 512, Gaussian clusters per class),
    10 % per class (k = 500 per class), CRAIG's similarity (max distance − distance, per class). Apricot's
@@ -8,8 +8,11 @@ Three tables:
    is included), so both optimize the identical function; apricot is warmed up first (numba compiles on its first
    call) and that compile is excluded. The objective of every selection is computed the same way (float64 numpy,
    Σ_i max_{j∈S} s_ij per class, summed). Columns: median seconds over ``--repeats`` runs, the ratio of apricot's
-   seconds to ours, and our objective over apricot's. ``naive`` greedy runs on ``--naive-classes`` classes only and
-   is scaled to 10 (it is O(n²k)).
+   seconds to ours, our objective over apricot's, and (``=numpy``) the share of an OpenCL variant's picks that the
+   same variant on the numpy backend also picks. ``naive`` greedy runs on ``--naive-classes`` classes only and is
+   scaled to 10 (it is O(n²k)). Under it, the backends' agreement where distances are hardest to get right: CRAIG,
+   AdaCore and CREST on an *untrained* CNN's ``p − y`` over MNIST-1D (softmax ≈ uniform, so each class's rows lie
+   within about 1e-2 of each other), OpenCL against numpy: overlap of picks and the two reported objectives.
 2. **Scale.** 1,000,000 × 10 classes (100,000 per class, d = 10, 10 % → 10,000 per class) through GreeDi with
    ``block_size`` 10,000, in a subprocess; seconds and the child's peak RSS (``ru_maxrss``). ``--skip-million``.
 3. **Methods.** Seconds per selection of every registered method on MNIST-1D gradients: a small torch 1-D CNN is
@@ -112,10 +115,12 @@ def fl_rows(d: int, repeats: int, naive_classes: int) -> list[dict[str, Any]]:
         )
         variants.append((f"ours naive [{backend}]", ours("naive", backend, naive_classes), naive_classes))
     measured = []
+    chosen: dict[str, list[np.ndarray]] = {}
     for name, fn, classes in variants:
         seconds, picks = _median(fn, repeats if classes == CLASSES else 1)
         objective = sum(_objective(x, p) for x, p in zip(blocks, picks, strict=False))
         measured.append((name, seconds * CLASSES / classes, objective, classes))
+        chosen[name] = picks
     ap_s, ap_obj = measured[0][1], measured[0][2]
     ap_obj_partial = {}
     rows = []
@@ -127,9 +132,16 @@ def fl_rows(d: int, repeats: int, naive_classes: int) -> list[dict[str, Any]]:
             ref_obj = ap_obj_partial[classes]
         else:
             ref_obj = ap_obj
+        twin = chosen.get(name.replace("[opencl]", "[numpy]"))
+        same = (
+            sum(np.intersect1d(a, b).size for a, b in zip(chosen[name], twin, strict=False))
+            / sum(b.size for b in twin[: len(chosen[name])])
+            if twin is not None and "[opencl]" in name
+            else float("nan")
+        )
         rows.append({
             "d": d, "method": name, "seconds": seconds, "speedup_vs_apricot": ap_s / seconds,
-            "objective": objective, "objective_vs_apricot": objective / ref_obj,
+            "objective": objective, "objective_vs_apricot": objective / ref_obj, "same_as_numpy": same,
             "note": "" if classes == CLASSES else f"{classes} class(es), time x{CLASSES // classes}",
         })  # fmt: skip
     return rows
@@ -161,16 +173,10 @@ def million_row(block_size: int = 10_000) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def method_rows(repeats: int) -> list[dict[str, Any]]:
-    """Table 3: seconds per selection of every registered method on MNIST-1D last-layer gradients."""
+def _cnn1d() -> tuple[Any, Any]:
+    """The small 1-D CNN over MNIST-1D's 40-step signals (64-d penultimate features) and its linear head."""
     import torch
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    from nessa.selection import SelectionInputs, available, create
-
-    data = make_dataset(get_dataset_args())
-    x = torch.tensor(data["x"], dtype=torch.float32)
-    y = torch.tensor(data["y"], dtype=torch.int64)
     torch.manual_seed(0)
     body = torch.nn.Sequential(  # a small 1-D CNN over the 40-step signals, 64-d penultimate features
         torch.nn.Unflatten(1, (1, 40)),
@@ -182,7 +188,61 @@ def method_rows(repeats: int) -> list[dict[str, Any]]:
         torch.nn.Linear(32 * 20, 64),
         torch.nn.ReLU(),
     )
-    head = torch.nn.Linear(64, 10)
+    return body, torch.nn.Linear(64, 10)
+
+
+def _mnist1d() -> tuple[Any, Any]:
+    import torch
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())
+    return torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.int64)
+
+
+def agreement_rows() -> list[dict[str, Any]]:
+    """Table 4: OpenCL against numpy picks on an *untrained* CNN's ``p − y`` (softmax ≈ uniform: rows cluster tightly).
+
+    For every method that takes distances, the same selection (10 %, seed 0) on both backends: the share of the
+    OpenCL picks that numpy also picks, and the relative difference of the two reported objectives.
+    """
+    import torch
+
+    from nessa.selection import SelectionInputs, create
+
+    x, y = _mnist1d()
+    body, head = _cnn1d()
+    with torch.no_grad():
+        p = torch.softmax(head(body(x)), dim=1)
+        grads = (p - torch.nn.functional.one_hot(y, 10)).numpy().astype(np.float32)
+    inputs = SelectionInputs(labels=y.numpy(), gradients=grads)
+    labels = y.numpy()
+    within = []
+    for c in range(10):
+        g = grads[labels == c].astype(np.float64)
+        d = np.sqrt(np.maximum(((g[:, None, :] - g[None, :, :]) ** 2).sum(-1), 0.0))
+        within.append(d[np.triu_indices(len(g), 1)])
+    median_dist = float(np.median(np.concatenate(within)))
+    out = []
+    for name in ("craig", "adacore", "crest"):
+        a = create(name, backend="opencl").select(inputs, FRACTION, seed=0)
+        b = create(name, backend="numpy").select(inputs, FRACTION, seed=0)
+        common = np.intersect1d(a.indices, b.indices).size
+        out.append({
+            "method": name, "overlap": common / max(len(b.indices), 1), "objective_opencl": a.objective,
+            "objective_numpy": b.objective, "objective_rel_diff": abs(a.objective - b.objective) / abs(b.objective),
+            "median_within_class_distance": median_dist,
+        })  # fmt: skip
+    return out
+
+
+def method_rows(repeats: int) -> list[dict[str, Any]]:
+    """Table 3: seconds per selection of every registered method on MNIST-1D last-layer gradients."""
+    import torch
+
+    from nessa.selection import SelectionInputs, available, create
+
+    x, y = _mnist1d()
+    body, head = _cnn1d()
     opt = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=1e-2)
     for _ in range(30):  # brief full-batch training: a partly trained model, as mid-training selection sees it
         opt.zero_grad()
@@ -225,13 +285,25 @@ def main() -> None:
 
     print(f"device: {get_runtime().name}\n")
     print(f"1. facility location, {CLASSES} classes x {PER_CLASS}, {FRACTION:.0%} per class, CRAIG similarity")
-    header = f"{'d':>4} {'method':<28} {'seconds':>9} {'vs apricot':>11} {'objective':>14} {'obj/apricot':>12}  note"
+    header = (f"{'d':>4} {'method':<28} {'seconds':>9} {'vs apricot':>11} {'objective':>14} {'obj/apricot':>12} "
+              f"{'=numpy':>7}  note")  # fmt: skip
     print(header)
     print("-" * len(header))
     for d in (10, 512):
         for r in fl_rows(d, args.repeats, args.naive_classes):
+            same = "" if np.isnan(r["same_as_numpy"]) else f"{r['same_as_numpy']:.1%}"
             print(f"{r['d']:>4} {r['method']:<28} {r['seconds']:>9.3f} {r['speedup_vs_apricot']:>10.1f}x "
-                  f"{r['objective']:>14.1f} {r['objective_vs_apricot']:>12.5f}  {r['note']}")  # fmt: skip
+                  f"{r['objective']:>14.1f} {r['objective_vs_apricot']:>12.5f} {same:>7}  {r['note']}")  # fmt: skip
+    agree = agreement_rows()
+    print(f"\n   backend agreement on an untrained CNN's p - y over MNIST-1D (4,000 samples, 10%, seed 0; median "
+          f"within-class distance {agree[0]['median_within_class_distance']:.2e}): OpenCL picks also picked by numpy, "
+          "objectives")  # fmt: skip
+    header = f"   {'method':<10} {'overlap':>8} {'objective opencl':>18} {'objective numpy':>18} {'rel. diff':>10}"
+    print(header)
+    print("   " + "-" * (len(header) - 3))
+    for r in agree:
+        print(f"   {r['method']:<10} {r['overlap']:>8.1%} {r['objective_opencl']:>18.8g} {r['objective_numpy']:>18.8g} "
+              f"{r['objective_rel_diff']:>10.1e}")  # fmt: skip
     if not args.skip_million:
         print("\n2. scale: 1,000,000 x 10 classes (d=10, 10% per class, GreeDi block 10,000), subprocess")
         r = million_row()

@@ -158,12 +158,19 @@ inline void sel_block8(__global const float* A, __global const float* Bt, const 
     }
 }
 
-/* Panels for sel_pairwise: P[(p * d + k) * w + c] = X[p * w + c, k] for rows < n, 0 for the padding rows up to
- * n_pad (a multiple of w), i.e. X cut into groups of w rows, each stored transposed (d x w) and contiguous; and
- * norms[r] = sum_k X[r, k]^2 accumulated by fma in k order, the same order sel_pairwise accumulates its dot products
- * in, so that a row's distance to itself comes out exactly 0. NDRange: round_up(n_pad, GL). */
-__kernel void sel_pack_panels(__global const float* restrict X, __global float* restrict P,
-                              __global float* restrict norms, const int n, const int d, const int w, const int n_pad) {
+/* Panels for sel_pairwise: P[(p * d + k) * w + c] = X[p * w + c, k] - center[k] for rows < n, 0 for the padding
+ * rows up to n_pad (a multiple of w), i.e. X shifted by center and cut into groups of w rows, each stored transposed
+ * (d x w) and contiguous; and norms[r] = sum_k P[r, k]^2 accumulated by fma in k order, the same order sel_pairwise
+ * accumulates its dot products in, so that a row's distance to itself comes out exactly 0.
+ * The center (the mean of the rows of both operands for distances, 0 for dot products) is what keeps
+ * ||a||^2 + ||b||^2 - 2 a.b precise in float32: its rounding error scales with the squared norms, so on rows that
+ * cluster far from the origin (an untrained model's p - y: every row near (1/C, ..., 1/C - 1, ...)) the uncentered
+ * form loses most digits of the small distances; centered, the norms are of the block's spread instead. Each
+ * X - center is one correctly rounded subtraction (exact when the two are within a factor 2, Sterbenz).
+ * NDRange: round_up(n_pad, GL). */
+__kernel void sel_pack_panels(__global const float* restrict X, __global const float* restrict center,
+                              __global float* restrict P, __global float* restrict norms, const int n, const int d,
+                              const int w, const int n_pad) {
     const int r = get_global_id(0);
     if (r >= n_pad) return;
     const int p = r / w;
@@ -173,7 +180,7 @@ __kernel void sel_pack_panels(__global const float* restrict X, __global float* 
     if (r < n) {
         const __global float* src = X + (size_t)r * d;
         for (int k = 0; k < d; ++k) {
-            const float v = src[k];
+            const float v = src[k] - center[k];
             dst[(size_t)k * w] = v;
             acc = fma(v, v, acc);
         }
@@ -184,8 +191,9 @@ __kernel void sel_pack_panels(__global const float* restrict X, __global float* 
 }
 
 /* out[i, j] = similarity(A[i], B[j]) for i < m, j < n, from Ap = A packed in panels of SEL_RB rows and Bp = B packed
- * in panels of 16 rows (sel_pack_panels; m_pad, n_pad their padded row counts) with their squared norms; the
- * distances come from the dot products, ||a||^2 + ||b||^2 - 2 a.b clamped at 0. group_max[group] = max value (before
+ * in panels of 16 rows (sel_pack_panels, both shifted by the same center; m_pad, n_pad their padded row counts) with
+ * their squared norms; the distances come from the dot products of the centered rows, ||a||^2 + ||b||^2 - 2 a.b
+ * clamped at 0. group_max[group] = max value (before
  * the transform) over the group's valid entries (the host reduces it to CRAIG's M). Each work-item computes an
  * SEL_RB x (16 * SEL_CB) block, holding its accumulators in registers with no barriers in the inner loop.
  * NDRange: (round_up(ceil(n_pad / (16 * SEL_CB)), 8), round_up(m_pad / SEL_RB, 8)), local (8, 8). */

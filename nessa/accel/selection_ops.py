@@ -11,6 +11,9 @@ across greedy steps, together with the per-element best similarity and nearest p
 candidate ids and reads back one float per candidate; ``add`` launches one coverage-update kernel and reads nothing;
 ``lazy_greedy`` / ``stochastic_greedy`` make all k picks in one single-work-item launch (no host round trip per pick,
 which on PoCL costs far more than a gain evaluation).
+Distances are taken between rows shifted by the mean of the block's rows (:func:`distance_center`), so that the
+register-blocked kernel's ‖a‖² + ‖b‖² − 2a·b stays precise in float32 where rows cluster far from the origin (an
+untrained model's gradients); the numpy reference centers the same way, in float64.
 The similarity transform (M − d, the threshold) is applied on the fly inside those kernels, so CRAIG's M, which is
 the block's max distance and so known only after the block pass, costs no second pass. Memory is m·n·4 bytes per
 block; :func:`nessa.selection.facility_location.maximize` keeps m, n ≤ ``block_size`` (GreeDi above it), and
@@ -46,6 +49,7 @@ __all__ = [
     "FacilityLocationBlock",
     "cosine_similarity",
     "cross_covariance",
+    "distance_center",
     "get_ops",
     "group_topk",
     "kmeans_assign",
@@ -186,15 +190,29 @@ def _transposed(rt: OpenCLRuntime, buf: cl.Buffer, n: int, d: int) -> tuple[cl.B
     return out, n_pad
 
 
-def _panels(rt: OpenCLRuntime, buf: cl.Buffer, n: int, d: int, w: int) -> tuple[cl.Buffer, cl.Buffer, int]:
-    """(rows cut into zero-padded panels of ``w``, each stored transposed; squared row norms; padded row count)."""
+def _panels(
+    rt: OpenCLRuntime, buf: cl.Buffer, center: cl.Buffer, n: int, d: int, w: int
+) -> tuple[cl.Buffer, cl.Buffer, int]:
+    """(rows minus ``center``, cut into zero-padded panels of ``w``, each transposed; squared norms; padded count)."""
     n_pad = round_up(n, w)
     panels, norms = _empty(rt, n_pad * d * 4), _empty(rt, n_pad * 4)
     _kernel("sel_pack_panels")(
-        rt.queue, (round_up(n_pad, GL),), (GL,), buf, panels, norms, np.int32(n), np.int32(d), np.int32(w),
+        rt.queue, (round_up(n_pad, GL),), (GL,), buf, center, panels, norms, np.int32(n), np.int32(d), np.int32(w),
         np.int32(n_pad),
     )  # fmt: skip
     return panels, norms, n_pad
+
+
+def distance_center(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """The point both operands of a distance block are shifted by: the mean of the rows of ``x`` and ``y``, float32.
+
+    ``½(mean(x) + mean(y))`` (``mean(x)`` when ``y`` is None), computed in float64, as the numpy reference centers.
+    Distances do not depend on it; their float32 rounding error does (see ``sel_pack_panels``).
+    """
+    c = x.mean(axis=0, dtype=np.float64)
+    if y is not None:
+        c = 0.5 * (c + y.mean(axis=0, dtype=np.float64))
+    return np.ascontiguousarray(c, dtype=np.float32)
 
 
 def _pairwise(
@@ -210,8 +228,14 @@ def _pairwise(
     sign: float,
     thr: float,
     out: cl.Buffer | None = None,
+    center: np.ndarray | None = None,
 ) -> tuple[cl.Buffer, np.ndarray]:
-    """Launch the pairwise-block kernel into ``out`` (m×n); returns it and the per-group max of the values."""
+    """Launch the pairwise-block kernel into ``out`` (m×n); returns it and the per-group max of the values.
+
+    ``center`` (d,): the register-blocked kernel shifts both operands by it before its dot products (give
+    :func:`distance_center` for every distance mode; ``None`` means 0, for dot products). The tiled kernel sums
+    the squared differences directly and needs none.
+    """
     if out is None:
         out = _empty(rt, m * n * 4)
     scalars = (np.int32(mode), np.float32(param), np.float32(offset), np.float32(sign), np.float32(thr))
@@ -223,8 +247,11 @@ def _pairwise(
             rt.queue, (gx, gy), (TS, TS), a_buf, b_buf, out, np.int32(m), np.int32(n), np.int32(d), *scalars, gmax
         )
     else:
-        ap, an, _ = _panels(rt, a_buf, m, d, RB)
-        bp, bn, n_pad = _panels(rt, b_buf, n, d, PANEL)
+        shift = np.zeros(d, dtype=np.float32) if center is None else np.ascontiguousarray(center, dtype=np.float32)
+        c_buf = _to_device(rt, shift)
+        ap, an, _ = _panels(rt, a_buf, c_buf, m, d, RB)
+        bp, bn, n_pad = _panels(rt, b_buf, c_buf, n, d, PANEL)
+        c_buf.release()
         gx, gy = round_up(-(-n_pad // (PANEL * CB)), 8), round_up(-(-m // RB), 8)
         groups = (gx // 8) * (gy // 8)
         gmax = _empty(rt, groups * 4)
@@ -257,7 +284,7 @@ def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     (m, d), n = x.shape, y.shape[0]
     _check_size(m * n)
     xa, yb = _to_device(rt, x), _to_device(rt, y)
-    out, _ = _pairwise(rt, xa, yb, m, n, d, MODE_SQDIST, 0.0, 0.0, 1.0, float(_NEG_INF))
+    out, _ = _pairwise(rt, xa, yb, m, n, d, MODE_SQDIST, 0.0, 0.0, 1.0, float(_NEG_INF), center=distance_center(x, y))
     return _read(rt.queue, out, (m, n), np.float32)
 
 
@@ -298,15 +325,16 @@ def similarity(
     if kind == "cosine":
         xa, yb = _normalized(rt, xa, m, d), _normalized(rt, yb, n, d)
     mode, kparam, offset, sign = _transform_of(kind, p)
+    center = None if kind == "cosine" else distance_center(x, y)
     if kind == "max_minus_dist" and p is None:
-        out, maxima = _pairwise(rt, xa, yb, m, n, d, mode, kparam, 0.0, 1.0, float(_NEG_INF))
+        out, maxima = _pairwise(rt, xa, yb, m, n, d, mode, kparam, 0.0, 1.0, float(_NEG_INF), center=center)
         big = float(maxima.max())
         _kernel("sel_transform_values")(
             rt.queue, (round_up(m * n, GL),), (GL,), out, np.int64(m * n), np.float32(big), np.float32(-1.0),
             np.float32(thr),
         )  # fmt: skip
     else:
-        out, _ = _pairwise(rt, xa, yb, m, n, d, mode, kparam, offset, sign, thr)
+        out, _ = _pairwise(rt, xa, yb, m, n, d, mode, kparam, offset, sign, thr, center=center)
     return _read(rt.queue, out, (m, n), np.float32)
 
 
@@ -509,7 +537,10 @@ class FacilityLocationBlock:
             c_buf = g_buf if candidates is None else self._own(_normalized(rt, c_buf, self.m, d))
         mode, kparam, offset, sign = _transform_of(kind, p)
         self._s: cl.Buffer | None = _checkout(rt, self.m * self.n * 4)  # parked again by close()
-        _, maxima = _pairwise(rt, c_buf, g_buf, self.m, self.n, d, mode, kparam, 0.0, 1.0, float(_NEG_INF), self._s)
+        center = None if kind == "cosine" else distance_center(x, None if candidates is None else y)
+        _, maxima = _pairwise(
+            rt, c_buf, g_buf, self.m, self.n, d, mode, kparam, 0.0, 1.0, float(_NEG_INF), self._s, center
+        )
         if kind == "max_minus_dist" and p is None:
             p = float(maxima.max())
             offset = p

@@ -14,7 +14,8 @@
   arithmetic. Every class gets at least 1 and never more than n_c; the total T satisfies k ≤ T ≤ k + C' − 1,
   where C' ≤ C is the number of classes whose share n_c·k/N is not an integer.
 * :func:`largest_remainder` splits a count exactly (the total is exactly k) in proportion to sizes, for budgets
-  split across partitions.
+  split across partitions; :func:`partition_class_budgets` splits a budget over partitions and then classes so the
+  total is exactly k (the ceil overshoot of each partition trimmed by :func:`trim_to_total`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ import numpy as np
 from nessa.accel.reference.selection import is_int, is_real
 from nessa.errors import InvalidArgumentError
 
-__all__ = ["BUDGET_RULES", "class_budgets", "count_from_budget", "largest_remainder"]
+__all__ = [
+    "BUDGET_RULES",
+    "class_budgets",
+    "count_from_budget",
+    "largest_remainder",
+    "partition_class_budgets",
+    "trim_to_total",
+]
 
 #: Per-class budget rules understood by :func:`class_budgets`.
 BUDGET_RULES = ("equal", "proportional")
@@ -146,6 +154,83 @@ def class_budgets(
         if s > out[c]:
             out[c] += 1
             left -= 1
+    return out
+
+
+def trim_to_total(budgets: Mapping[int, int], total: int, rotation: int = 0) -> dict[int, int]:
+    """Lower per-class budgets one at a time until they sum to ``total`` (the ceil rules' overshoot removed).
+
+    Each step takes one from a class with the largest budget; among those, the first class in label order counting
+    from position ``rotation`` (mod the number of classes), so callers that trim several splits (one per partition)
+    can pass the partition's number and spread the cuts over the classes instead of always cutting the same ones.
+
+    Args:
+        budgets: class → budget (>= 0).
+        total: the wanted sum, in [0, sum(budgets)].
+        rotation: where in label order the tie-break starts.
+
+    Returns:
+        A new dict with the same keys summing to exactly ``total`` (each budget at most its old value).
+
+    Raises:
+        InvalidArgumentError: a total above the sum of the budgets or below 0.
+    """
+    out = {int(c): int(v) for c, v in budgets.items()}
+    surplus = sum(out.values()) - int(total)
+    if surplus < 0 or total < 0:
+        raise InvalidArgumentError(f"cannot trim budgets summing to {sum(out.values())} to {total}")
+    keys = sorted(out)
+    if not keys:
+        return out
+    start = int(rotation) % len(keys)
+    rank = {c: (i - start) % len(keys) for i, c in enumerate(keys)}
+    while surplus > 0:
+        c = min(keys, key=lambda key: (-out[key], rank[key]))
+        out[c] -= 1
+        surplus -= 1
+        rank[c] += len(keys)  # a class just cut goes behind the other tied ones
+    return out
+
+
+def partition_class_budgets(
+    labels: np.ndarray | Sequence[int], partitions: Sequence[np.ndarray], k: int, rule: str = "equal"
+) -> list[dict[int, int]]:
+    """Per-partition, per-class budgets that sum to exactly ``k`` (NeSSA's ``pool="partitions"``).
+
+    ``k`` is split over the partitions in proportion to their sizes (:func:`largest_remainder`, exact), then each
+    partition's share over its classes: ``equal`` is :func:`class_budgets`' ceil(share/C) with the deficits handed
+    on, its overshoot trimmed back to the share from the largest budgets (:func:`trim_to_total`, ties rotated by the
+    partition's number so no class is always the one cut), which is the same water-filling at exactly the share;
+    ``proportional`` is :func:`largest_remainder` over the class sizes (floor plus the largest remainders: the ceil
+    rule without its overshoot; a class whose share is below one may get 0). So the total is exactly ``k`` for any
+    class and partition count.
+
+    Args:
+        labels: class label per candidate.
+        partitions: positions into ``labels``, one array per partition (disjoint).
+        k: the total budget, in [1, number of positions in the partitions].
+        rule: ``"equal"`` or ``"proportional"``.
+
+    Returns:
+        One class → budget dict per partition (empty for a partition whose share is 0).
+    """
+    arr = np.asarray(labels)
+    sizes = [int(np.asarray(p).size) for p in partitions]
+    if not is_int(k) or not 1 <= int(k) <= sum(sizes):
+        raise InvalidArgumentError(f"partition budget total k={k!r} must be an int in [1, {sum(sizes)}]")
+    shares = largest_remainder(int(k), sizes)
+    out: list[dict[int, int]] = []
+    for p, (pool, share) in enumerate(zip(partitions, shares, strict=True)):
+        if share == 0:
+            out.append({})
+            continue
+        members = arr[np.asarray(pool, dtype=np.int64)]
+        if rule == "proportional":
+            keys, counts = np.unique(members, return_counts=True)
+            parts = largest_remainder(share, [int(v) for v in counts])
+            out.append({int(c): v for c, v in zip(keys, parts, strict=True)})
+        else:
+            out.append(trim_to_total(class_budgets(members, share, rule=rule), share, rotation=p))
     return out
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from nessa.accel.reference.selection import SIMILARITY_KINDS, is_int, is_real
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
-from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget, largest_remainder
+from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget, partition_class_budgets
 from nessa.selection.facility_location import (
     OPTIMIZERS,
     WEIGHT_RULES,
@@ -206,9 +206,10 @@ class Craig(Selector):
             pools = class_balanced_partitions(
                 labels, num_partitions=cfg["num_partitions"], partition_size=cfg["partition_size"], seed=seed
             )
-            shares = largest_remainder(k, [p.size for p in pools])
+            budgets = partition_class_budgets(labels, pools, k, rule=cfg["budget_rule"])
         else:
-            pools, shares = [np.arange(n, dtype=np.int64)], [k]
+            pools = [np.arange(n, dtype=np.int64)]
+            budgets = [class_budgets(labels, k, rule=cfg["budget_rule"])]
         fl_kwargs = {
             "similarity": cfg["similarity"],
             "similarity_param": cfg["similarity_param"],
@@ -224,10 +225,9 @@ class Craig(Selector):
         objective = 0.0
         dropped = 0
         class_objective: dict[int, float] = {}
-        for p, (pool, share) in enumerate(zip(pools, shares, strict=True)):
-            if share == 0:
+        for p, (pool, per_class) in enumerate(zip(pools, budgets, strict=True)):
+            if not per_class:
                 continue
-            per_class = class_budgets(labels[pool], share, rule=cfg["budget_rule"])
             orders: list[np.ndarray] = []
             counts: list[np.ndarray] = []
             for c in sorted(per_class):

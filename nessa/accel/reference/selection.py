@@ -146,18 +146,18 @@ def _unit_rows64(x: np.ndarray) -> np.ndarray:
     return np.divide(x64, norms[:, None], out=np.zeros_like(x64), where=norms[:, None] > 0)
 
 
-def pack_panels(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Oracle of the ``sel_pack_panels`` kernel: the rows of ``x`` (n, d) cut into zero-padded panels of ``w``.
+def pack_panels(x: np.ndarray, w: int, center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Oracle of the ``sel_pack_panels`` kernel: the rows of ``x`` (n, d) minus ``center``, cut into panels of ``w``.
 
     Returns:
-        (panels, norms): float32 (ceil(n / w), d, w) with ``panels[p, k, c] = x[p * w + c, k]`` (0 past row n), and
-        float32 (ceil(n / w) * w,) squared row norms (0 for the padding rows).
+        (panels, norms): float32 (ceil(n / w), d, w) with ``panels[p, k, c] = x[p * w + c, k] - center[k]`` (a float32
+        subtraction; 0 past row n), and float32 (ceil(n / w) * w,) squared norms of those rows (0 for the padding).
     """
     x = np.asarray(x, dtype=np.float32)
     n, d = x.shape
     n_pad = -(-n // w) * w
     padded = np.zeros((n_pad, d), dtype=np.float32)
-    padded[:n] = x
+    padded[:n] = x if center is None else x - np.asarray(center, dtype=np.float32)[None, :]
     norms = np.einsum("ij,ij->i", padded.astype(np.float64), padded.astype(np.float64)).astype(np.float32)
     return np.ascontiguousarray(padded.reshape(n_pad // w, w, d).transpose(0, 2, 1)), norms
 

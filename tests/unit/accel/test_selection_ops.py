@@ -32,12 +32,15 @@ def test_pairwise_sq_dists_matches_reference(m: int, n: int, d: int, variant: st
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * max(1.0, float(want.max())))
 
 
+@pytest.mark.parametrize("centered", [False, True])
 @pytest.mark.parametrize(("n", "d", "w"), [(37, 3, 8), (53, 129, 16), (1, 1, 16), (16, 10, 16), (8, 5, 8)])
-def test_pack_panels_matches_reference(n: int, d: int, w: int) -> None:
+def test_pack_panels_matches_reference(n: int, d: int, w: int, centered: bool) -> None:
     x, _ = _data(n, 1, d, seed=4)
+    x += 3.0
+    center = cl_ops.distance_center(x) if centered else np.zeros(d, dtype=np.float32)
     rt = cl_ops._rt()
-    p_buf, n_buf, n_pad = cl_ops._panels(rt, cl_ops._to_device(rt, x), n, d, w)
-    want_p, want_n = ref.pack_panels(x, w)
+    p_buf, n_buf, n_pad = cl_ops._panels(rt, cl_ops._to_device(rt, x), cl_ops._to_device(rt, center), n, d, w)
+    want_p, want_n = ref.pack_panels(x, w, center)
     assert n_pad == want_n.shape[0]
     got_p = cl_ops._read(rt.queue, p_buf, want_p.shape, np.float32)
     got_n = cl_ops._read(rt.queue, n_buf, want_n.shape, np.float32)

@@ -12,7 +12,13 @@ import pytest
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.selection import SelectionInputs, Selector, Subset, available, create, register
 from nessa.selection.adacore import softmax_ce_hessian_diag
-from nessa.selection.budget import class_budgets, count_from_budget, largest_remainder
+from nessa.selection.budget import (
+    class_budgets,
+    count_from_budget,
+    largest_remainder,
+    partition_class_budgets,
+    trim_to_total,
+)
 from nessa.selection.learned import LearnedExampleFilter
 from nessa.selection.pools import class_balanced_partitions
 from nessa.selection.registry import get
@@ -104,6 +110,15 @@ def test_largest_remainder() -> None:
         k = int(rng.integers(0, 60))
         out = largest_remainder(k, sizes)
         assert sum(out) == min(k, sum(sizes)) and all(0 <= o <= s for o, s in zip(out, sizes, strict=True))
+
+
+def test_trim_to_total_cuts_the_largest_budgets_rotating_ties() -> None:
+    assert trim_to_total({0: 3, 1: 3, 2: 3}, 7) == {0: 2, 1: 2, 2: 3}
+    assert trim_to_total({0: 3, 1: 3, 2: 3}, 7, rotation=1) == {0: 3, 1: 2, 2: 2}
+    assert trim_to_total({0: 1, 1: 5, 2: 3}, 6) == {0: 1, 1: 3, 2: 2}
+    assert trim_to_total({0: 2}, 2) == {0: 2}
+    with pytest.raises(InvalidArgumentError):
+        trim_to_total({0: 2}, 3)
 
 
 # ------------------------------------------------------------------------------------------------ pools
@@ -298,15 +313,69 @@ def test_craig_embeddings_and_partitions() -> None:
     inputs = SelectionInputs(labels=labels, gradients=grads)
     part = create("craig", pool="partitions", partition_size=250).select(inputs, 0.1, seed=3)
     _check_subset(part, 1000)
-    assert part.extras["pools"] == 4 and len(part) >= 100
+    assert part.extras["pools"] == 4 and len(part) == 100
     pools = class_balanced_partitions(labels, partition_size=250, seed=3)
     owner = np.empty(1000, dtype=np.int64)
     for i, p in enumerate(pools):
         owner[p] = i
-    assert [int((owner[part.indices] == i).sum()) for i in range(4)] == [
-        sum(class_budgets(labels[p], 25, "equal").values()) for p in pools
-    ]
+    assert [int((owner[part.indices] == i).sum()) for i in range(4)] == [25, 25, 25, 25]
     assert part.weights.sum() == pytest.approx(len(part), rel=1e-5)
+
+
+def _check_partition_budgets(labels: np.ndarray, pools: list[np.ndarray], k: int, rule: str) -> None:
+    budgets = partition_class_budgets(labels, pools, k, rule)
+    assert sum(sum(b.values()) for b in budgets) == k
+    shares = largest_remainder(k, [p.size for p in pools])
+    for pool, per_class, share in zip(pools, budgets, shares, strict=True):
+        assert sum(per_class.values()) == share
+        if share == 0:
+            continue
+        keys, counts = np.unique(labels[pool], return_counts=True)
+        size = dict(zip(keys.tolist(), counts.tolist(), strict=True))
+        assert sorted(per_class) == sorted(size)
+        top = max(per_class.values())
+        for c, v in per_class.items():
+            assert 0 <= v <= size[c]
+            if rule == "equal":  # water-filling: a class with room is within one of the largest budget
+                assert v == size[c] or v >= top - 1
+            else:  # proportional: within one of the exact share
+                assert abs(v - share * size[c] / pool.size) < 1
+
+
+def test_partition_budgets_are_exact_for_any_class_and_partition_count() -> None:
+    """Property: for many (classes, partitions, budget, rule), the per-partition class budgets sum to the budget."""
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        num_classes = int(rng.integers(1, 120))
+        n = int(rng.integers(num_classes, 4000))
+        labels = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, n - num_classes)])
+        if trial % 3 == 0:  # skewed class sizes
+            labels = np.minimum(labels, rng.integers(0, num_classes, n))
+        parts = int(rng.integers(1, min(n, 64) + 1))
+        pools = class_balanced_partitions(labels, num_partitions=parts, seed=trial)
+        k = int(rng.integers(1, n + 1))
+        _check_partition_budgets(labels, pools, k, "equal" if trial % 2 == 0 else "proportional")
+    # The audit's case: 100 classes, 10 partitions, budget 1,280 (the ceil rule alone gave 2,000).
+    labels = np.repeat(np.arange(100), 128)
+    pools = class_balanced_partitions(labels, num_partitions=10, seed=0)
+    _check_partition_budgets(labels, pools, 1280, "equal")
+    # The cuts rotate over the classes: the per-class totals over all partitions differ by at most one.
+    budgets = partition_class_budgets(labels, pools, 1280, "equal")
+    per_class = [sum(b.get(c, 0) for b in budgets) for c in range(100)]
+    assert max(per_class) - min(per_class) <= 1
+
+
+@pytest.mark.parametrize(("num_classes", "parts", "budget"), [(100, 10, 1280), (10, 10, 1280), (7, 3, 101)])
+def test_craig_partitions_return_exactly_the_budget(num_classes: int, parts: int, budget: int) -> None:
+    rng = np.random.default_rng(num_classes)
+    n = 12_800 if num_classes == 100 else 3000
+    labels = rng.permutation(np.arange(n) % num_classes)
+    grads = rng.standard_normal((n, 8)).astype(np.float32)
+    inputs = SelectionInputs(labels=labels, gradients=grads)
+    sel = create("craig", pool="partitions", num_partitions=parts, backend="numpy").select(inputs, budget, seed=1)
+    _check_subset(sel, n)
+    assert len(sel) == budget
+    assert sel.weights.mean() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_craig_drop_learned_keeps_state_across_calls() -> None:
