@@ -143,6 +143,16 @@ RPC_CANCELLED = Counter(
     "RPCs whose work the daemon stopped because the client cancelled or its deadline passed.",
     ["rpc"],
 )
+CORRUPT_SAMPLES = Counter(
+    "nessa_corrupt_samples_total",
+    "Stored samples that failed their checksum when read (never sent), by dataset.",
+    ["dataset"],
+)
+STALLED_STREAMS = Counter(
+    "nessa_stalled_streams_total",
+    "Streaming RPCs the daemon cancelled because the client stopped reading (or sending) past the idle timeout.",
+    ["rpc"],
+)
 
 # --- trainer ---------------------------------------------------------------------------------------------------
 
