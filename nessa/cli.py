@@ -304,6 +304,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     status = 0
     for path in args.dest:
+        if args.add_checksums:
+            from nessa.store.verify import add_checksums
+
+            print(f"{path}: {'checksums added' if add_checksums(path) else 'already has checksums'}")
         report = verify(path, raise_on_error=False)
         if report.ok:
             if not args.quiet:
@@ -330,6 +334,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dest", nargs="+", help="dataset directories")
     p.add_argument("--quiet", action="store_true", help="print only problems")
+    p.add_argument("--add-checksums", action="store_true", help="first add per-sample checksums to old datasets")
     p.set_defaults(handler=_cmd_verify)
 
 

@@ -240,6 +240,16 @@ GRPC_HANDLING_SECONDS = Histogram(
     buckets=_RPC_BUCKETS,
     registry=STORAGE_REGISTRY,
 )
+CORRUPT_SAMPLES = Counter(
+    "nessa_corrupt_samples_total",
+    "Stored samples that failed their checksum when read (never sent), by dataset.",
+    ["dataset"],
+)
+STALLED_STREAMS = Counter(
+    "nessa_stalled_streams_total",
+    "Streaming RPCs the daemon cancelled because the client stopped reading (or sending) past the idle timeout.",
+    ["rpc"],
+)
 
 # --- trainer ---------------------------------------------------------------------------------------------------
 

@@ -25,6 +25,11 @@ keys and every value's length. ``bytes`` is the sum of the
 shard's value lengths (the payload, not the file size). ``labels.npy``, ``sizes.npy`` and every column file are
 covered by the SHA-256 of the file itself (``files``).
 
+Per-sample checksums (:mod:`nessa.store.checksum`): ``"sample_checksum": "xxh3_64"`` names the algorithm of
+``checksums.npy`` (one 64-bit hash per sample, listed in ``files``), which every read checks. A manifest without
+the key (written before checksums existed) is still version 1: it opens, its reads are not verified, and
+``nessa verify --add-checksums`` adds them.
+
 The format version is :data:`FORMAT_VERSION`; a manifest of another version is refused with
 :class:`~nessa.errors.FailedPreconditionError` (upgrade nessa, or re-ingest), a malformed one with
 :class:`~nessa.errors.DataCorruptionError`.
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from nessa.store.checksum import ALGORITHMS, CHECKSUMS_FILE
 
 __all__ = [
     "CODEC_KINDS",
@@ -277,6 +283,8 @@ class Manifest:
         created: UTC time of the ingest, ISO 8601.
         source: where the samples came from (free-form, for people).
         format_version: :data:`FORMAT_VERSION` for manifests this code writes.
+        sample_checksum: algorithm of ``checksums.npy`` (``"xxh3_64"``), or ``""`` for a dataset without per-sample
+            checksums (written by an older nessa).
     """
 
     name: str
@@ -290,6 +298,7 @@ class Manifest:
     created: str = ""
     source: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    sample_checksum: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -324,6 +333,7 @@ class Manifest:
             "ingest_id": self.ingest_id,
             "created": self.created,
             "source": dict(self.source),
+            **({"sample_checksum": self.sample_checksum} if self.sample_checksum else {}),
         }
 
     @classmethod
@@ -379,6 +389,7 @@ class Manifest:
                 created=str(data.get("created", "")),
                 source=dict(data.get("source", {})),
                 format_version=int(version),
+                sample_checksum=str(data.get("sample_checksum", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise _fail(where, f"malformed manifest ({type(exc).__name__}: {exc})") from exc
@@ -407,6 +418,14 @@ class Manifest:
             expect = s.stop_index
         if expect != self.num_samples:
             raise _fail(where, f"the shards hold {expect} samples but num_samples is {self.num_samples}")
+        if self.sample_checksum:
+            if self.sample_checksum not in ALGORITHMS:
+                raise FailedPreconditionError(
+                    f"{where}: per-sample checksum {self.sample_checksum!r} is not known to this nessa (it knows "
+                    f"{', '.join(ALGORITHMS)}); use the nessa release that wrote the dataset"
+                )
+            if CHECKSUMS_FILE not in self.files:
+                raise _fail(where, f"sample_checksum is set but {CHECKSUMS_FILE} is not listed in files")
 
     @classmethod
     def load(cls, dataset_dir: Path | str) -> Manifest:

@@ -8,9 +8,12 @@ read, read-only and unlocked, shared within the process and reopened after ``for
 :meth:`DatasetReader.read` groups the requested indices by shard and reads each shard's keys in one read
 transaction with one sorted ``Cursor.getmulti`` pass; results come back in request order, duplicates allowed.
 A key that is missing, or a value whose length differs from ``sizes.npy``, raises
-:class:`~nessa.errors.DataCorruptionError` naming the shard: never a silent short read. ``read`` does *not*
-hash values (a flipped bit inside a value is found by :func:`nessa.store.verify`, which hashes whole shards;
-hashing on every read would cost more than the read). Reads are thread-safe.
+:class:`~nessa.errors.DataCorruptionError` naming the shard: never a silent short read. Every value returned is
+checked against its per-sample checksum (``checksums.npy``, see :mod:`nessa.store.checksum`): a mismatch raises
+:class:`~nessa.store.checksum.SampleCorruptionError` naming the dataset, shard and index, and the read returns
+nothing. A dataset written before checksums existed opens with a warning (``verified`` is False) and its reads are
+not checked until ``nessa verify --add-checksums`` upgrades it. Messages name the dataset and the shard's relative
+path, never the absolute path of the data directory. Reads are thread-safe.
 """
 
 from __future__ import annotations
@@ -32,23 +35,25 @@ from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encod
 __all__ = ["DatasetReader", "open_dataset"]
 
 
-def _damaged(path: Path, what: str) -> DataCorruptionError:
+def _damaged(dataset: str, rel: str, what: str) -> DataCorruptionError:
+    """A corruption error naming the dataset and the relative path of what is damaged (never an absolute path)."""
     return DataCorruptionError(
-        f"{path}: {what}; the dataset is damaged: run `nessa verify` on it and re-ingest it (or restore it)"
+        f"dataset {dataset!r}: {rel}: {what}; the dataset is damaged: run `nessa verify` on it and re-ingest it "
+        "(or restore it from a copy)"
     )
 
 
-def _load_vector(root: Path, name: str, n: int) -> np.ndarray:
+def _load_vector(root: Path, dataset: str, name: str, n: int, kinds: str = "iu", dtype: Any = np.int64) -> np.ndarray:
     path = root / name
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise _damaged(path, "the file is missing") from None
+        raise _damaged(dataset, name, "the file is missing") from None
     except (ValueError, OSError, EOFError) as exc:
-        raise _damaged(path, f"unreadable ({exc})") from exc
-    if arr.shape != (n,) or arr.dtype.kind not in "iu":
-        raise _damaged(path, f"expected {n} integers, found shape {arr.shape} dtype {arr.dtype}")
-    out = arr.astype(np.int64, copy=False)
+        raise _damaged(dataset, name, f"unreadable ({type(exc).__name__})") from exc
+    if arr.shape != (n,) or arr.dtype.kind not in kinds:
+        raise _damaged(dataset, name, f"expected {n} integers, found shape {arr.shape} dtype {arr.dtype}")
+    out = arr.astype(dtype, copy=False)
     out.setflags(write=False)
     return out
 
@@ -77,17 +82,34 @@ class DatasetReader:
     def __init__(self, path: Path | str, *, max_readers: int = DEFAULT_MAX_READERS) -> None:
         self.path = Path(path).absolute()
         self.manifest = Manifest.load(self.path)
+        from nessa.store import checksum as _checksum  # here, not at the top: the import block is shared work
+
+        self._checksum = _checksum
         n = self.manifest.num_samples
-        self._labels = _load_vector(self.path, LABELS_FILE, n)
-        self._sizes = _load_vector(self.path, SIZES_FILE, n)
+        name = self.manifest.name
+        self._labels = _load_vector(self.path, name, LABELS_FILE, n)
+        self._sizes = _load_vector(self.path, name, SIZES_FILE, n)
+        self._checksums: np.ndarray | None = None
+        if self.manifest.sample_checksum:
+            self._checksums = _load_vector(
+                self.path, name, _checksum.CHECKSUMS_FILE, n, kinds="u", dtype=np.uint64
+            )
+        else:
+            import logging
+
+            logging.getLogger("nessa.store").warning(
+                "dataset %r has no per-sample checksums (written by an older nessa): its reads are not verified; "
+                "run `nessa verify --add-checksums` on it to add them",
+                name,
+            )
         if n and (int(self._labels.min()) < 0 or int(self._labels.max()) >= self.manifest.num_classes):
-            raise _damaged(self.path / LABELS_FILE, f"labels outside [0, {self.manifest.num_classes})")
+            raise _damaged(name, LABELS_FILE, f"labels outside [0, {self.manifest.num_classes})")
         for shard in self.manifest.shards:
             shard_dir = self.path / shard.path
             if not shard_dir.is_dir():
-                raise _damaged(shard_dir, "the shard directory is missing")
+                raise _damaged(name, shard.path, "the shard directory is missing")
             if not (shard_dir / DATA_FILE).is_file():
-                raise _damaged(shard_dir, f"the shard's {DATA_FILE} is missing")
+                raise _damaged(name, shard.path, f"the shard's {DATA_FILE} is missing")
         self._starts = np.array([s.first_index for s in self.manifest.shards], dtype=np.int64)
         self._max_readers = max_readers
         self._lock = threading.Lock()
@@ -108,6 +130,11 @@ class DatasetReader:
     def name(self) -> str:
         """The dataset's name."""
         return self.manifest.name
+
+    @property
+    def verified(self) -> bool:
+        """Whether reads are checked against per-sample checksums (False for datasets written before them)."""
+        return self._checksums is not None
 
     @property
     def labels(self) -> np.ndarray:
@@ -171,9 +198,9 @@ class DatasetReader:
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise _damaged(path, f"column {name!r} is unreadable ({exc})") from exc
+            raise _damaged(self.name, info.file, f"column {name!r} is unreadable ({type(exc).__name__})") from exc
         if len(arr) != len(self):
-            raise _damaged(path, f"column {name!r} has {len(arr)} rows, the dataset {len(self)}")
+            raise _damaged(self.name, info.file, f"column {name!r} has {len(arr)} rows, the dataset {len(self)}")
         return arr
 
     # -- reading -----------------------------------------------------------------------------------------------
@@ -192,14 +219,18 @@ class DatasetReader:
 
     def _env(self, shard: int) -> lmdb.Environment:
         if self._closed:
-            raise FailedPreconditionError(f"dataset reader for {self.path} is closed; open the dataset again")
+            raise FailedPreconditionError(f"dataset reader for {self.name!r} is closed; open the dataset again")
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's environments are not ours to use or release
                 self._envs = [None] * len(self._envs)
                 self._pid = os.getpid()
             held = self._envs[shard]
             if held is None:
-                held = lmdbenv.acquire(self.path / self.manifest.shards[shard].path, self._max_readers)
+                rel = self.manifest.shards[shard].path
+                try:
+                    held = lmdbenv.acquire(self.path / rel, self._max_readers)
+                except lmdbenv.ShardCorruptionError as exc:
+                    raise _damaged(self.name, rel, exc.what) from exc
                 self._envs[shard] = held
             return held[1]
 
@@ -211,7 +242,8 @@ class DatasetReader:
         Raises:
             OutOfRangeError: an index outside ``[0, len(self))``.
             InvalidArgumentError: indices that are not 1-D integers.
-            DataCorruptionError: a missing key or a value of the wrong length (naming the shard).
+            DataCorruptionError: a missing key, a value of the wrong length, or (``SampleCorruptionError``) a value
+                that does not match its checksum; the message names the dataset, the shard and the index.
         """
         idx = self._check(indices)
         out: list[bytes] = [b""] * len(idx)
@@ -235,9 +267,16 @@ class DatasetReader:
             if not np.array_equal(lengths, expect):
                 j = int(np.flatnonzero(lengths != expect)[0])
                 raise _damaged(
-                    self.path / self.manifest.shards[shard].path,
+                    self.name,
+                    self.manifest.shards[shard].path,
                     f"sample {int(unique[j])} has {int(lengths[j])} bytes, sizes.npy says {int(expect[j])}",
                 )
+            if self._checksums is not None:
+                sums = self._checksum.checksums(values, len(values))
+                want = self._checksums[unique]
+                if not np.array_equal(sums, want):
+                    bad = unique[np.flatnonzero(sums != want)]
+                    raise self._checksum.SampleCorruptionError(self.name, shard, [int(i) for i in bad])
             for pos, k in zip(group.tolist(), inverse.tolist(), strict=True):
                 out[pos] = values[k]
         return out
@@ -246,7 +285,8 @@ class DatasetReader:
         have = {int.from_bytes(k, "big") for k, _v in found}
         gone = [int(i) for i in unique if int(i) not in have]
         raise _damaged(
-            self.path / self.manifest.shards[shard].path,
+            self.name,
+            self.manifest.shards[shard].path,
             f"{len(gone)} sample(s) missing from the shard (e.g. index {gone[0]})",
         )
 

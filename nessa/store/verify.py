@@ -4,8 +4,14 @@ For every shard: the directory and ``data.mdb`` exist; LMDB opens it and the fil
 exactly ``count`` records whose keys are ``first_index .. first_index + count - 1`` in order; each value's length
 matches ``sizes.npy``; their sum matches the shard's ``bytes``; the SHA-256 of its logical content (see
 :mod:`nessa.store.manifest`) matches the manifest. Also ``labels.npy``, ``sizes.npy`` and column files against their
-SHA-256, shapes and ranges. Every problem is reported with the path of what is wrong; checking goes on past a
-bad shard so one run lists them all.
+SHA-256, shapes and ranges; and, for datasets with per-sample checksums (:mod:`nessa.store.checksum`), every value
+against ``checksums.npy`` (naming the first bad index of each shard). Every problem is reported with the path of
+what is wrong; checking goes on past a bad shard so one run lists them all.
+
+:func:`add_checksums` (``nessa verify --add-checksums``) upgrades a dataset written before per-sample checksums
+existed: it verifies the dataset against its manifest first (so only sound data gets checksums), then writes
+``checksums.npy`` and a new ``manifest.json``, each by write-to-temporary, fsync and rename, so a crash leaves the
+old or the new dataset, never a half-upgraded one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from nessa.errors import DataCorruptionError
 from nessa.store.lmdbenv import ShardCorruptionError
 from nessa.store.manifest import KEY_BYTES, LABELS_FILE, SIZES_FILE, Manifest, ShardInfo, encode_key
 
-__all__ = ["Problem", "VerifyReport", "verify"]
+__all__ = ["Problem", "VerifyReport", "add_checksums", "verify"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,16 @@ def _check_file(root: Path, manifest: Manifest, rel: str, problems: list[Problem
 
 
 def _check_shard(
-    root: Path, shard: ShardInfo, sizes: np.ndarray | None, report: VerifyReport, problems: list[Problem]
+    root: Path,
+    shard: ShardInfo,
+    sizes: np.ndarray | None,
+    report: VerifyReport,
+    problems: list[Problem],
+    sums: np.ndarray | None = None,
 ) -> None:
+    from nessa.store.checksum import checksum  # here, not at the top: the import block is shared work
+
+    bad_sum: int | None = None
     shard_dir = root / shard.path
     try:
         key, env = lmdbenv.acquire(shard_dir)
@@ -122,6 +136,8 @@ def _check_shard(
                 digest.update(k)
                 digest.update(size.to_bytes(8, "big"))
                 digest.update(v)
+                if sums is not None and bad_sum is None and expect < len(sums) and checksum(v) != int(sums[expect]):
+                    bad_sum = expect
                 count += 1
                 total += size
                 expect += 1
@@ -140,6 +156,14 @@ def _check_shard(
         problems.append(Problem(shard_dir, f"{count} records, the manifest says {shard.count} (samples missing)"))
     elif total != shard.bytes:
         problems.append(Problem(shard_dir, f"{total} value bytes, the manifest says {shard.bytes}"))
+    elif bad_sum is not None:
+        problems.append(
+            Problem(
+                shard_dir,
+                f"sha256 mismatch: sample {bad_sum} (the first bad one) does not match its checksum: a stored value "
+                "was modified or corrupted (data.mdb is damaged)",
+            )
+        )
     elif digest.hexdigest() != shard.sha256:
         problems.append(
             Problem(shard_dir, "sha256 mismatch: a stored value was modified or corrupted (data.mdb is damaged)")
@@ -185,8 +209,16 @@ def verify(path: Path | str, *, raise_on_error: bool = True) -> VerifyReport:
         arr = _check_file(root, manifest, column.file, problems)
         if arr is not None and (arr.ndim < 1 or len(arr) != n):
             problems.append(Problem(root / column.file, f"column {column.name!r} does not have {n} rows"))
+    sums = None
+    if manifest.sample_checksum:
+        from nessa.store.checksum import CHECKSUMS_FILE
+
+        sums = _check_file(root, manifest, CHECKSUMS_FILE, problems)
+        if sums is not None and (sums.shape != (n,) or sums.dtype.kind != "u"):
+            problems.append(Problem(root / CHECKSUMS_FILE, f"expected {n} uint64 checksums, found {sums.shape}"))
+            sums = None
     for shard in manifest.shards:
-        _check_shard(root, shard, sizes, report, problems)
+        _check_shard(root, shard, sizes, report, problems, sums)
     if problems and raise_on_error:
         listing = "\n  ".join(str(p) for p in problems)
         raise DataCorruptionError(
@@ -194,3 +226,61 @@ def verify(path: Path | str, *, raise_on_error: bool = True) -> VerifyReport:
             "re-ingest the dataset (or restore the damaged shards from a copy)"
         )
     return report
+
+
+def add_checksums(path: Path | str) -> bool:
+    """Give a dataset written before per-sample checksums existed its ``checksums.npy`` (``--add-checksums``).
+
+    The dataset is verified against its manifest first (every shard's SHA-256); only a sound dataset is upgraded.
+    ``checksums.npy`` is written and renamed into place before the new ``manifest.json`` (which names it) replaces
+    the old one, so a crash at any point leaves a dataset that opens (old manifest: not verified; new: verified).
+
+    Args:
+        path: the dataset directory.
+
+    Returns:
+        True if checksums were added, False if the dataset already had them (nothing is changed).
+
+    Raises:
+        NotFoundError: no dataset at ``path``.
+        DataCorruptionError: the dataset fails verification (nothing is changed; re-ingest it instead).
+    """
+    import dataclasses
+    import json
+    import os
+
+    from nessa.store.atomic import fsync_dir
+    from nessa.store.checksum import ALGORITHM, CHECKSUM_DTYPE, CHECKSUMS_FILE, checksum
+    from nessa.store.manifest import MANIFEST_FILE
+
+    root = Path(path).absolute()
+    manifest = Manifest.load(root)
+    if manifest.sample_checksum:
+        return False
+    verify(root)  # raises DataCorruptionError listing every problem
+    sums = np.zeros(manifest.num_samples, dtype=CHECKSUM_DTYPE)
+    for shard in manifest.shards:
+        key, env = lmdbenv.acquire(root / shard.path)
+        try:
+            with env.begin(buffers=True) as txn:
+                for k, v in txn.cursor():
+                    sums[int.from_bytes(k, "big")] = checksum(v)
+        finally:
+            lmdbenv.release(key)
+    tmp = root / f".{CHECKSUMS_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, sums, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / CHECKSUMS_FILE)
+    files = {**dict(manifest.files), CHECKSUMS_FILE: _file_sha256(root / CHECKSUMS_FILE)}
+    upgraded = dataclasses.replace(manifest, files=files, sample_checksum=ALGORITHM)
+    upgraded.check(root / MANIFEST_FILE)
+    tmp_manifest = root / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    with open(tmp_manifest, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(upgraded.to_dict(), indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp_manifest, root / MANIFEST_FILE)
+    fsync_dir(root)
+    return True

@@ -8,7 +8,8 @@ staging directory and publishes them all or nothing (see :mod:`nessa.store.atomi
 LMDB shards are written with ``subdir=True, lock=False`` (the staging directory is ours alone),
 ``meminit=False``, without per-commit fsync, committing every few thousand samples or 32 MiB with
 ``Cursor.putmulti(append=True)`` (keys arrive in ascending order). The map starts at an estimate of the shard's
-size and doubles on ``MapFullError``. Each shard is fsynced when complete, the manifest written last.
+size and doubles on ``MapFullError``. Each shard is fsynced when complete, the manifest written last. Every value's
+checksum (:mod:`nessa.store.checksum`) is taken as it is written and saved as ``checksums.npy``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from nessa.errors import InvalidArgumentError
 from nessa.store.atomic import Staging
+from nessa.store.checksum import ALGORITHM, CHECKSUM_DTYPE, CHECKSUMS_FILE, checksum
 from nessa.store.manifest import (
     LABELS_FILE,
     SIZES_FILE,
@@ -296,6 +298,7 @@ def _write_shard(
     values: Iterator[Buffer],
     codec: Codec,
     sizes: np.ndarray,
+    sums: np.ndarray,
     on_batch: Callable[[int], None],
     map_size: int | None,
 ) -> ShardInfo:
@@ -339,6 +342,7 @@ def _write_shard(
             digest.update(size.to_bytes(8, "big"))
             digest.update(value)
             sizes[index] = size
+            sums[index] = checksum(value)
             total += size
             batch.append((key, value))
             batch_bytes += size
@@ -415,13 +419,14 @@ def write_dataset(
     columns = _check_columns(split.columns, n)
     root.mkdir(parents=False)
     sizes = np.zeros(n, dtype="<i8")
+    sums = np.zeros(n, dtype=CHECKSUM_DTYPE)
     values = iter(split.values)
     tick = progress or (lambda _k: None)
     shards = []
     first = 0
     for s, count in enumerate(counts):
         rel = shard_dir_name(s)
-        shards.append(_write_shard(root, rel, first, count, values, split.codec, sizes, tick, map_size))
+        shards.append(_write_shard(root, rel, first, count, values, split.codec, sizes, sums, tick, map_size))
         first += count
     extra = next(values, None)
     if extra is not None:
@@ -431,6 +436,8 @@ def write_dataset(
     files[LABELS_FILE] = _file_sha256(root / LABELS_FILE)
     _save_npy(root / SIZES_FILE, sizes)
     files[SIZES_FILE] = _file_sha256(root / SIZES_FILE)
+    _save_npy(root / CHECKSUMS_FILE, sums)
+    files[CHECKSUMS_FILE] = _file_sha256(root / CHECKSUMS_FILE)
     column_infos = []
     for col_name, arr in columns.items():
         rel = f"columns/{col_name}.npy"
@@ -448,6 +455,7 @@ def write_dataset(
         ingest_id=ingest_id or uuid.uuid4().hex,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=dict(split.source),
+        sample_checksum=ALGORITHM,
     )
     manifest.check(root)
     manifest.save(root)

@@ -84,7 +84,7 @@ def test_shard_counts_are_contiguous_and_balanced() -> None:
 
 def test_layout_and_manifest(small_dataset) -> None:
     path, x, _y = small_dataset(n=101, shards=3)
-    assert sorted(os.listdir(path)) == ["labels.npy", "manifest.json", "shards", "sizes.npy"]
+    assert sorted(os.listdir(path)) == ["checksums.npy", "labels.npy", "manifest.json", "shards", "sizes.npy"]
     assert sorted(os.listdir(path / "shards")) == ["00000", "00001", "00002"]
     assert os.listdir(path / "shards" / "00000") == ["data.mdb"]
     data = json.loads((path / "manifest.json").read_text())
@@ -99,7 +99,8 @@ def test_layout_and_manifest(small_dataset) -> None:
     ]
     assert sum(s["bytes"] for s in data["shards"]) == x.nbytes
     assert all(len(s["sha256"]) == 64 for s in data["shards"])
-    assert set(data["files"]) == {"labels.npy", "sizes.npy"}
+    assert set(data["files"]) == {"checksums.npy", "labels.npy", "sizes.npy"}
+    assert data["sample_checksum"] == "xxh3_64"
 
 
 def test_shard_keys_are_global_indices(small_dataset) -> None:

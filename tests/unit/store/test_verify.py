@@ -10,6 +10,7 @@ import pytest
 
 from nessa.errors import DataCorruptionError
 from nessa.store import ingest_arrays, open_dataset, verify
+from nessa.store.checksum import SampleCorruptionError
 
 
 def _unique_dataset(tmp_path: Path, sample_bytes: int, n: int = 60, shards: int = 3) -> tuple[Path, np.ndarray]:
@@ -44,9 +45,15 @@ def test_flipped_value_byte_is_found(tmp_path: Path, sample_bytes: int) -> None:
     report = verify(dest, raise_on_error=False)
     assert [p.path.name for p in report.problems] == ["00001"]
     assert report.shards_checked == 3
-    # LMDB still opens it and read() does not hash (documented): the flip is verify's to find.
+    assert "sample 25" in report.problems[0].what
+    # read() checks every value against its checksum: the flipped one is never returned, its neighbours are.
     ds = open_dataset(dest)
-    assert ds.read([25])[0] != x[25].tobytes()
+    with pytest.raises(SampleCorruptionError, match=r"dataset 'ds', shard 1 \(shards/00001\): sample 25 does not") as e:
+        ds.read([24, 25, 26])
+    assert (e.value.shard, e.value.indices, e.value.status) == (1, [25], "DATA_LOSS")
+    assert str(tmp_path) not in str(e.value)
+    with pytest.raises(SampleCorruptionError):
+        ds.read_arrays([25])
     assert ds.read([24, 26]) == [x[24].tobytes(), x[26].tobytes()]
 
 
