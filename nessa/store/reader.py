@@ -27,6 +27,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
+import nessa.store.checksum as _checksum
 import nessa.store.lmdbenv as lmdbenv
 from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, OutOfRangeError
 from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
@@ -82,18 +83,13 @@ class DatasetReader:
     def __init__(self, path: Path | str, *, max_readers: int = DEFAULT_MAX_READERS) -> None:
         self.path = Path(path).absolute()
         self.manifest = Manifest.load(self.path)
-        from nessa.store import checksum as _checksum  # here, not at the top: the import block is shared work
-
-        self._checksum = _checksum
         n = self.manifest.num_samples
         name = self.manifest.name
         self._labels = _load_vector(self.path, name, LABELS_FILE, n)
         self._sizes = _load_vector(self.path, name, SIZES_FILE, n)
         self._checksums: np.ndarray | None = None
         if self.manifest.sample_checksum:
-            self._checksums = _load_vector(
-                self.path, name, _checksum.CHECKSUMS_FILE, n, kinds="u", dtype=np.uint64
-            )
+            self._checksums = _load_vector(self.path, name, _checksum.CHECKSUMS_FILE, n, kinds="u", dtype=np.uint64)
         else:
             import logging
 
@@ -272,11 +268,11 @@ class DatasetReader:
                     f"sample {int(unique[j])} has {int(lengths[j])} bytes, sizes.npy says {int(expect[j])}",
                 )
             if self._checksums is not None:
-                sums = self._checksum.checksums(values, len(values))
+                sums = _checksum.checksums(values, len(values))
                 want = self._checksums[unique]
                 if not np.array_equal(sums, want):
                     bad = unique[np.flatnonzero(sums != want)]
-                    raise self._checksum.SampleCorruptionError(self.name, shard, [int(i) for i in bad])
+                    raise _checksum.SampleCorruptionError(self.name, shard, [int(i) for i in bad])
             for pos, k in zip(group.tolist(), inverse.tolist(), strict=True):
                 out[pos] = values[k]
         return out

@@ -25,8 +25,10 @@ import numpy as np
 
 import nessa.store.lmdbenv as lmdbenv
 from nessa.errors import DataCorruptionError
+from nessa.store.atomic import fsync_dir
+from nessa.store.checksum import ALGORITHM, CHECKSUM_DTYPE, CHECKSUMS_FILE, checksum
 from nessa.store.lmdbenv import ShardCorruptionError
-from nessa.store.manifest import KEY_BYTES, LABELS_FILE, SIZES_FILE, Manifest, ShardInfo, encode_key
+from nessa.store.manifest import KEY_BYTES, LABELS_FILE, MANIFEST_FILE, SIZES_FILE, Manifest, ShardInfo, encode_key
 
 __all__ = ["Problem", "VerifyReport", "add_checksums", "verify"]
 
@@ -107,7 +109,6 @@ def _check_shard(
     problems: list[Problem],
     sums: np.ndarray | None = None,
 ) -> None:
-    from nessa.store.checksum import checksum  # here, not at the top: the import block is shared work
 
     bad_sum: int | None = None
     shard_dir = root / shard.path
@@ -211,8 +212,6 @@ def verify(path: Path | str, *, raise_on_error: bool = True) -> VerifyReport:
             problems.append(Problem(root / column.file, f"column {column.name!r} does not have {n} rows"))
     sums = None
     if manifest.sample_checksum:
-        from nessa.store.checksum import CHECKSUMS_FILE
-
         sums = _check_file(root, manifest, CHECKSUMS_FILE, problems)
         if sums is not None and (sums.shape != (n,) or sums.dtype.kind != "u"):
             problems.append(Problem(root / CHECKSUMS_FILE, f"expected {n} uint64 checksums, found {sums.shape}"))
@@ -248,10 +247,6 @@ def add_checksums(path: Path | str) -> bool:
     import dataclasses
     import json
     import os
-
-    from nessa.store.atomic import fsync_dir
-    from nessa.store.checksum import ALGORITHM, CHECKSUM_DTYPE, CHECKSUMS_FILE, checksum
-    from nessa.store.manifest import MANIFEST_FILE
 
     root = Path(path).absolute()
     manifest = Manifest.load(root)
