@@ -131,3 +131,19 @@ def test_bad_session_names_are_clear_errors(root: Path) -> None:
             client.select("toy", "random", 0.1, session="../../etc")
         with pytest.raises(InvalidArgumentError, match="session"):
             client.select("toy", "random", 0.1, session="x" * 500)
+
+
+def test_methods_needing_inputs_a_daemon_cannot_compute_are_refused_before_any_work(root: Path) -> None:
+    """One rule (nessa.proxy.inputs) for daemon and trainer: sas with default options needs groups, clipcov captions."""
+    from nessa.trainer.config import method_needs_proxy
+
+    with running(root, state_dir=root / "state-inputs", warmup=False) as d:
+        client = StorageClient(d.address)
+        for method in ("sas", "clipcov"):
+            # no proxy was pushed: the refusal names the missing input, not the missing proxy
+            with pytest.raises(InvalidArgumentError, match="cannot compute"):
+                client.select("toy", method, 0.1)
+            # the trainer refuses the same method before exporting or pushing anything
+            with pytest.raises(InvalidArgumentError, match="cannot compute"):
+                method_needs_proxy(method)
+        assert d.proxies.get("toy") is None
