@@ -1,5 +1,7 @@
-"""The proxy engine interface: what an engine implements (:class:`Engine`), what it returns (:class:`ProxyOutputs`),
-and the graph walk shared by the interpreting engines (:func:`interpret`, :func:`live_order`).
+"""The proxy engine interface: :class:`Engine`, its :class:`ProxyOutputs`, and the shared graph walk.
+
+:func:`interpret` evaluates a proxy with a :class:`GraphOps` (the torch and numpy engines); :func:`live_order` is the
+node order every engine runs.
 
 Engines (:mod:`nessa.proxy.opencl_engine`, :mod:`~nessa.proxy.torch_engine`, :mod:`~nessa.proxy.numpy_engine`)
 import this module; this module imports none of them.

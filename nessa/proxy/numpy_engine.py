@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from nessa.accel.reference import nn as ref
-from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 from nessa.proxy.format import Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 
 __all__ = ["NumpyEngine", "NumpyOps"]
 

@@ -16,8 +16,8 @@ import pyopencl.array as cl_array
 
 from nessa.accel import nn_ops
 from nessa.accel.runtime import OpenCLRuntime, get_runtime
-from nessa.proxy.graph import Engine, ProxyOutputs, live_order
 from nessa.proxy.format import INPUT, Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, live_order
 
 __all__ = ["OpenCLEngine", "Plan"]
 

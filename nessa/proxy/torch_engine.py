@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 from nessa.proxy.format import Proxy
+from nessa.proxy.graph import Engine, ProxyOutputs, interpret
 
 __all__ = ["TorchEngine", "TorchOps"]
 
