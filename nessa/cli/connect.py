@@ -32,7 +32,7 @@ __all__ = [
 #: Port assumed when ``--target`` names only a host (the daemon's default ``--port``).
 DEFAULT_PORT = 50051
 #: Seconds each connection attempt waits for the daemon.
-CONNECT_SECONDS = 3.0
+CONNECT_SECONDS = 2.0
 #: Deadline of the quick calls a command makes (list, describe).
 CALL_SECONDS = 10.0
 _SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
