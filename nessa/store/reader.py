@@ -24,8 +24,8 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, OutOfRangeError
 import nessa.store.lmdbenv as lmdbenv
+from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError, OutOfRangeError
 from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
 from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encode_keys
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from nessa.errors import DataCorruptionError
 import nessa.store.lmdbenv as lmdbenv
+from nessa.errors import DataCorruptionError
 from nessa.store.lmdbenv import ShardCorruptionError
 from nessa.store.manifest import KEY_BYTES, LABELS_FILE, SIZES_FILE, Manifest, ShardInfo, encode_key
 
