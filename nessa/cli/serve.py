@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         fields["metrics_port"] = None
     fields["token"] = DaemonConfig.token_from_env(fields.get("token"))
     config = DaemonConfig(**fields)
+    check_port_free(config.port, "--port", host=config.host)
     check_port_free(config.metrics_port, "--metrics-port", host=config.host)
     return serve(config)
 

@@ -166,6 +166,12 @@ def test_a_busy_metrics_port_is_one_line(data_dir: Path, busy_port: int, daemon:
         "choose another --metrics-port",
     )
     one_line(
+        nessa("serve", "--data-dir", str(data_dir), "--port", str(busy_port), "--metrics-port", "-1"),
+        2,
+        f"--port {busy_port}: cannot listen on 127.0.0.1:{busy_port}",
+        "choose another --port",
+    )
+    one_line(
         nessa(
             "train", "--target", daemon.address, "--dataset", "toy", "--test-dataset", "toy-test",
             "--metrics-port", str(busy_port), "--token", TOKEN,
