@@ -8,6 +8,7 @@ Sub-packages:
     nessa.accel      OpenCL host runtime and kernels (PoCL on the CPU, xclbin on a SmartSSD), numpy references.
     nessa.proxy      the int8 model-proxy format, export from torch, and the engines that run it.
     nessa.selection  selectors (CRAIG, AdaCore, CREST, SAS, ClipCov, ...) over per-sample features.
+    nessa.cli        the ``nessa`` command (the composition root: the only part that imports services/trainer).
 """
 
 from __future__ import annotations

@@ -95,11 +95,11 @@ class TrainConfig:
         weight_decay: SGD weight decay.
         warmup_epochs: linear warm-up length in epochs.
         seed: seeds the model's initialisation, the selections and the per-epoch order.
-        reselect_every: select every this many epochs and train on the same selection in between (R of
-            CRAIG's code uses 1, its paper also 5). Not used by ``crest``, which has its trigger.
+        reselect_every: select every this many epochs and train on the same selection in between (1: every
+            epoch, as CRAIG's code does; its paper also uses 5). Not used by ``crest``, which has its own trigger.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
-        checkpoint_dir: where to checkpoint (and resume from); ``None`` disables checkpoints.
+        checkpoint_dir: where to checkpoint (and resume from); ``None``: no checkpoints.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
         metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).
         metrics_linger: after the last epoch, keep serving ``/metrics`` this many seconds (so a Prometheus that

@@ -1,7 +1,7 @@
-"""The proxy engine interface, its outputs, and the graph walk shared by the interpreting engines.
+"""The proxy engine interface: :class:`Engine`, its :class:`ProxyOutputs`, and the shared graph walk.
 
-What an engine implements (:class:`Engine`), what it returns (:class:`ProxyOutputs`), and the walk
-(:func:`interpret`, :func:`live_order`).
+:func:`interpret` evaluates a proxy with a :class:`GraphOps` (the torch and numpy engines); :func:`live_order` is the
+node order every engine runs.
 
 Engines (:mod:`nessa.proxy.opencl_engine`, :mod:`~nessa.proxy.torch_engine`, :mod:`~nessa.proxy.numpy_engine`)
 import this module; this module imports none of them.

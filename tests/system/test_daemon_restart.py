@@ -32,7 +32,9 @@ def test_stream_resumes_after_the_daemon_is_killed_and_restarted(root) -> None: 
         first.kill()  # no goodbye: the connection just drops
 
         def restart() -> None:
-            time.sleep(0.5)  # the client is already retrying by then
+            deadline = time.monotonic() + 30
+            while client.reconnects < 1 and time.monotonic() < deadline:  # the client has noticed and retries
+                time.sleep(0.01)
             second.append(ServeProcess(data_dir, port=first.port, extra=("--engine", "numpy")))
 
         t = threading.Thread(target=restart)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,6 @@ EPOCH_KEYS = {
 
 def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "nessa.cli", "demo", "--quick", "--out", str(out), "--no-progress"],
         cwd=ROOT,
@@ -46,7 +44,6 @@ def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> Non
         text=True,
         timeout=400,
     )
-    seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert isinstance(report["target_accuracy"], float)
@@ -69,4 +66,3 @@ def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> Non
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert "time to target" in proc.stdout and "crest" in proc.stdout
-    assert seconds < 180, f"--quick took {seconds:.0f} s"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -187,14 +186,11 @@ def test_greedi_memory_stays_far_below_n_squared() -> None:
     n, block = 30_000, 2_000
     x = _clustered(n, 8, 8)
     tracemalloc.start()
-    start = time.perf_counter()
     res = maximize(x, 50, backend="numpy", block_size=block)
-    seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert res.stats["mode"] == "greedi" and res.stats["max_block"] <= block
     assert peak < 0.05 * n * n * 4, f"peak {peak / 2**20:.0f} MiB"
-    assert seconds < 60
     cl_res = maximize(x, 50, backend="opencl", block_size=block)
     assert cl_res.stats["max_block"] <= block and len(np.unique(cl_res.indices)) == 50
     assert cl_res.cluster_sizes.sum() == n
