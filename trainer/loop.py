@@ -57,14 +57,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nessa.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
-from nessa.trainer.data import SampleDecoder, TrainBatch, rebatch
-from nessa.trainer.drift import DriftMonitor
-from nessa.trainer.models import build_model
-from nessa.trainer.pipeline import BatchPrefetcher, SelectionJob, SelectionPipeline
-from nessa.trainer.report import RunResult
-from nessa.trainer.schedule import LRSchedule
 from torch import nn
 
 from nessa.client import Batch, SelectionResult, StorageClient
@@ -80,6 +72,14 @@ from nessa.metrics import (
     TRAINER_SUBSET_SIZE,
 )
 from nessa.order import Partition, epoch_seed
+from nessa.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
+from nessa.trainer.data import SampleDecoder, TrainBatch, rebatch
+from nessa.trainer.drift import DriftMonitor
+from nessa.trainer.models import build_model
+from nessa.trainer.pipeline import BatchPrefetcher, SelectionJob, SelectionPipeline
+from nessa.trainer.report import RunResult
+from nessa.trainer.schedule import LRSchedule
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "Trainer", "method_needs_proxy", "resolve_device", "train"]
 

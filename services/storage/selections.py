@@ -27,9 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nessa.services.storage.cancel import CancelToken
-from nessa.services.storage.catalog import Catalog, DatasetEntry
-from nessa.services.storage.proxies import ProxyRecord, ProxyStore
 
 from nessa.errors import (
     FailedPreconditionError,
@@ -53,6 +50,9 @@ from nessa.proxy import ProxyEngine
 from nessa.selection.base import SelectionInputs, Selector, Subset
 from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget
 from nessa.selection.registry import create
+from nessa.services.storage.cancel import CancelToken
+from nessa.services.storage.catalog import Catalog, DatasetEntry
+from nessa.services.storage.proxies import ProxyRecord, ProxyStore
 
 __all__ = [
     "GLOBAL_RULE",

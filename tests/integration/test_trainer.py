@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
+
+from nessa.client import SelectionResult, StorageClient
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
+from nessa.store import ingest
 from nessa.trainer.checkpoint import load_checkpoint
 from nessa.trainer.config import TrainConfig, method_needs_proxy
 from nessa.trainer.data import TrainBatch
 from nessa.trainer.loop import Trainer, _EpochState, train
 from nessa.trainer.pipeline import SelectionJob
-from prometheus_client import REGISTRY
-
-from nessa.client import SelectionResult, StorageClient
-from nessa.errors import FailedPreconditionError, InvalidArgumentError
-from nessa.store import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 3000  # 2400 train / 600 test

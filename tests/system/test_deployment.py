@@ -32,9 +32,9 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from nessa.services.storage import healthcheck
 
 from nessa import metrics
+from nessa.services.storage import healthcheck
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nessa.client import Batch, DatasetInfo
+from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError
 from nessa.trainer.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng_state,
@@ -26,9 +29,6 @@ from nessa.trainer.models import cnn1d
 from nessa.trainer.pipeline import BatchPrefetcher, SelectionJob, SelectionPipeline
 from nessa.trainer.report import RunResult, build_report, format_table, plot_report, time_to_accuracy, write_report
 from nessa.trainer.schedule import LRSchedule
-
-from nessa.client import Batch, DatasetInfo
-from nessa.errors import DataCorruptionError, FailedPreconditionError, InvalidArgumentError
 
 # -- schedule ------------------------------------------------------------------------------------------------------
 
