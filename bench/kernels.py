@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from nessa.trainer.models import cnn1d, mlp, resnet20
 
 from nessa.proxy import Normalization, ProxyEngine, dumps, export
+from nessa.trainer.models import cnn1d, mlp, resnet20
 
 
 @dataclass

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nessa.trainer.batches import SampleDecoder
-from nessa.trainer.demo import DATASET, start_daemon
-from nessa.trainer.models import cnn1d
-from nessa.trainer.selecting import ProxyExporter
 
 from nessa.client import StorageClient
 from nessa.pipeline import Decode, Rebatch, SelectionSource
 from nessa.placement import format_cpus, place, split_cpus
 from nessa.store import ingest
+from nessa.trainer.batches import SampleDecoder
+from nessa.trainer.demo import DATASET, start_daemon
+from nessa.trainer.models import cnn1d
+from nessa.trainer.selecting import ProxyExporter
 
 BATCH = 128
 

@@ -148,11 +148,11 @@ def main() -> None:
         return
 
     import torch
-    from nessa.trainer.models import resnet20
 
     from nessa.client import StorageClient
     from nessa.proxy import dumps, export
     from nessa.store import ingest_arrays, open_dataset, synthetic_arrays
+    from nessa.trainer.models import resnet20
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="nessa-bench-stream-"))
     data_dir = work / "data"

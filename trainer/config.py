@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from nessa.trainer.models import MODELS
-from nessa.trainer.schedule import LRSchedule
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.trainer.models import MODELS
+from nessa.trainer.schedule import LRSchedule
 
 __all__ = ["RESUME_KEYS", "TrainConfig", "method_needs_proxy", "resolve_device"]
 

@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.placement import format_cpus, split_cpus
 from nessa.trainer.config import TrainConfig
 from nessa.trainer.loop import train
 from nessa.trainer.report import RunResult, build_report, format_table, plot_report, write_report
-
-from nessa.errors import FailedPreconditionError, InvalidArgumentError
-from nessa.placement import format_cpus, split_cpus
 
 __all__ = ["DEFAULT_METHODS", "QUICK", "DemoConfig", "print_report", "run_demo", "start_daemon"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nessa.trainer.batches import SampleDecoder
 from torch import nn
 
 from nessa.client import DatasetInfo, StorageClient
 from nessa.pipeline import Decode, Rebatch, SelectionSource
+from nessa.trainer.batches import SampleDecoder
 
 __all__ = ["TestSet", "evaluate"]
 

@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from nessa.client import StorageClient
+from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.order import Partition, epoch_seed
+from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
+from nessa.placement import place
+from nessa.records import Selection
 from nessa.trainer.batches import SampleDecoder, TrainBatch
 from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
 from nessa.trainer.evaluate import TestSet, evaluate
@@ -30,14 +38,6 @@ from nessa.trainer.report import RunResult
 from nessa.trainer.resume import Checkpoint
 from nessa.trainer.schedule import LRSchedule
 from nessa.trainer.selecting import ProxyExporter
-from torch import nn
-
-from nessa.client import StorageClient
-from nessa.errors import FailedPreconditionError, InvalidArgumentError
-from nessa.order import Partition, epoch_seed
-from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
-from nessa.placement import place
-from nessa.records import Selection
 
 __all__ = ["Trainer", "train"]
 

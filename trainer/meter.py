@@ -12,10 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nessa.trainer.report import format_bytes
-
 from nessa.client import StorageClient
 from nessa.metrics import TRAINER_REGISTRY, TrainerMetrics
+from nessa.trainer.report import format_bytes
 
 __all__ = ["EpochState", "Meter", "SelectionUsed"]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from nessa.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from nessa.trainer.config import TrainConfig
-from nessa.trainer.meter import EpochState
 
 from nessa.errors import FailedPreconditionError
 from nessa.records import Selection
+from nessa.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from nessa.trainer.config import TrainConfig
+from nessa.trainer.meter import EpochState
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "from_tensors", "to_tensors"]
 

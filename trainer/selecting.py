@@ -16,10 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from nessa.trainer.batches import SampleDecoder
 from torch import nn
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.trainer.batches import SampleDecoder
 
 __all__ = ["ProxyExporter", "SelectionJob", "SelectionPipeline"]
 

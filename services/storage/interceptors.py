@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from nessa.services.storage.cancel import Cancelled
 
 from nessa.errors import NessaError
 from nessa.metrics import RPC_CANCELLED, RPC_ERRORS
+from nessa.services.storage.cancel import Cancelled
 
 __all__ = ["HEALTH_PREFIX", "ErrorInterceptor", "TokenInterceptor", "status_code"]
 

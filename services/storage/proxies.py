@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nessa.services.storage.cancel import CancelToken
-from nessa.services.storage.catalog import Catalog, DatasetEntry
-
 from nessa.errors import InvalidArgumentError, NessaError, ResourceExhaustedError
 from nessa.metrics import BYTES_RECEIVED, PROXY_VERSION
 from nessa.proxy import Proxy, loads
+from nessa.services.storage.cancel import CancelToken
+from nessa.services.storage.catalog import Catalog, DatasetEntry
 
 __all__ = ["ProxyChunkData", "ProxyRecord", "ProxyStore", "check_proxy_fits"]
 

@@ -20,12 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from nessa.services.storage.cancel import CancelToken
-from nessa.services.storage.catalog import Catalog, DatasetEntry
-from nessa.services.storage.engines import EnginePool
-from nessa.services.storage.proxies import ProxyRecord, ProxyStore
-from nessa.services.storage.selection_store import SelectionStore
-from nessa.services.storage.sessions import WHOLE, SessionState, SessionStore
 
 from nessa.errors import (
     FailedPreconditionError,
@@ -48,6 +42,12 @@ from nessa.records import Selection, Timings
 from nessa.selection.base import SelectionInputs, Selector, Subset
 from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget
 from nessa.selection.registry import create
+from nessa.services.storage.cancel import CancelToken
+from nessa.services.storage.catalog import Catalog, DatasetEntry
+from nessa.services.storage.engines import EnginePool
+from nessa.services.storage.proxies import ProxyRecord, ProxyStore
+from nessa.services.storage.selection_store import SelectionStore
+from nessa.services.storage.sessions import WHOLE, SessionState, SessionStore
 
 __all__ = ["GLOBAL_RULE", "SelectionParams", "SelectionService"]
 

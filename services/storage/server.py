@@ -21,6 +21,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from nessa.errors import FailedPreconditionError
+from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
+from nessa.proxy.engine import ENGINES
+from nessa.selection import available
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.engines import EnginePool
@@ -31,11 +36,6 @@ from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
-
-from nessa.errors import FailedPreconditionError
-from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
-from nessa.proxy.engine import ENGINES
-from nessa.selection import available
 from nessa.v1 import storage_pb2
 
 __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]

@@ -14,17 +14,17 @@ from typing import Any
 
 import grpc
 import numpy as np
+
+from nessa.errors import InvalidArgumentError
+from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
+from nessa.order import Partition
+from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
 from nessa.services.storage.selections import SelectionParams, SelectionService
 from nessa.services.storage.streaming import Batch, check_limits, iter_batches, plan_stream, prefetched
-
-from nessa.errors import InvalidArgumentError
-from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
-from nessa.order import Partition
-from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
 

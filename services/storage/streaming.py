@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from nessa.services.storage.cancel import CancelToken
-from nessa.services.storage.catalog import DatasetEntry
 
 from nessa.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
 from nessa.order import Partition, stream_positions
+from nessa.services.storage.cancel import CancelToken
+from nessa.services.storage.catalog import DatasetEntry
 
 __all__ = [
     "MAX_BATCH_SIZE",

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
-
 from nessa.store import ingest_arrays
 
 ROOT = Path(__file__).resolve().parents[2]

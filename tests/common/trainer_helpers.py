@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.server import StorageDaemon
-from nessa.trainer.config import TrainConfig
-
 from nessa.store import ingest
+from nessa.trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 3000  # 2400 train / 600 test

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_helpers import make_toy, nessa_cmd, running
+
 from nessa.services.storage.server import StorageDaemon
 
 DEADLINE = 10.0

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from daemon_helpers import health_status, make_toy, running
 from grpc_health.v1 import health_pb2
-from nessa.services.storage.config import ENV_TOKEN, DaemonConfig
 
 from nessa.client import StorageClient
 from nessa.errors import InvalidArgumentError
+from nessa.services.storage.config import ENV_TOKEN, DaemonConfig
 
 OPENSSL_HINT = "openssl not found: install it (apt-get install -y openssl) to generate the test certificate"
 

@@ -12,11 +12,11 @@ import pytest
 from daemon_helpers import TOY_CLASSES, TOY_DIM, TOY_N, config, health_status, make_toy, running
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from nessa.services.storage.server import StorageDaemon
 
 from nessa.client import StorageClient
 from nessa.errors import DataCorruptionError, InvalidArgumentError, NotFoundError, OutOfRangeError
 from nessa.order import Partition
+from nessa.services.storage.server import StorageDaemon
 from nessa.store import ingest_arrays
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc

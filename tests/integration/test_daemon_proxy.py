@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from daemon_helpers import TOY_DIM, TOY_N, make_toy, running
-from nessa.trainer.models import mlp
 
 from nessa.client import StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from nessa.metrics import STORAGE_REGISTRY
 from nessa.proxy import dumps, export
 from nessa.store import ingest_arrays
+from nessa.trainer.models import mlp
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
 

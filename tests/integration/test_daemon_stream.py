@@ -70,7 +70,6 @@ def test_cancelling_streams_frees_their_threads(tmp_path) -> None:  # type: igno
 
 def test_hand_encoded_batches_parse_as_the_message_with_its_size() -> None:
     from nessa.services.storage.servicer import encode_sample_batch
-
     from nessa.v1 import storage_pb2 as pb
 
     rng = np.random.default_rng(0)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from daemon_helpers import TOY_DIM, make_toy, running
-from nessa.trainer.models import mlp
 
 from nessa.client import StorageClient
 from nessa.errors import InvalidArgumentError
 from nessa.proxy import ProxyEngine, dumps, export, loads
 from nessa.selection import SelectionInputs, create
 from nessa.store import open_dataset
+from nessa.trainer.models import mlp
 
 N = 1200
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nessa.services.storage.server import StorageDaemon
-from nessa.trainer.batches import TrainBatch
-from nessa.trainer.config import TrainConfig, method_needs_proxy
-from nessa.trainer.loop import Trainer, train
-from nessa.trainer.meter import EpochState
 from trainer_helpers import config_for, mnist_daemon
 
 from nessa.client import Selection, StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.metrics import TRAINER_REGISTRY
+from nessa.services.storage.server import StorageDaemon
+from nessa.trainer.batches import TrainBatch
+from nessa.trainer.config import TrainConfig, method_needs_proxy
+from nessa.trainer.loop import Trainer, train
+from nessa.trainer.meter import EpochState
 
 
 @pytest.fixture(scope="module")

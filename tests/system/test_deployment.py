@@ -42,6 +42,7 @@ from deployment_helpers import (
     substitute_grafana_variables,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from nessa.services.storage import healthcheck
 
 
@@ -114,7 +115,7 @@ def test_docker_context_builds_a_complete_wheel(tmp_path: Path) -> None:
 
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in (
-        "nessa/cli.py",
+        "nessa/cli/__init__.py",
         "nessa/metrics.py",
         "nessa/services/storage/healthcheck.py",
         "nessa/services/storage/server.py",

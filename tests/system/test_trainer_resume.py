@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from trainer_helpers import ROOT, config_for, mnist_daemon, train_cmd
+
 from nessa.services.storage.server import StorageDaemon
 from nessa.trainer.checkpoint import load_checkpoint
 from nessa.trainer.loop import train
-from trainer_helpers import ROOT, config_for, mnist_daemon, train_cmd
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ sample, every epoch; ``crest``: mini-batch coresets reselected when CREST's quad
 
 from __future__ import annotations
 
+from nessa.errors import InvalidArgumentError
 from nessa.trainer.plans.base import Plan
 from nessa.trainer.plans.crest import CrestPlan
 from nessa.trainer.plans.epoch import EpochPlan, FullPlan
 from nessa.trainer.plans.partitions import PartitionPlan
-
-from nessa.errors import InvalidArgumentError
 
 __all__ = ["PLANS", "Plan", "plan_for"]
 

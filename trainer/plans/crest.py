@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from nessa.trainer.batches import TrainBatch
-from nessa.trainer.drift import DriftMonitor
-from nessa.trainer.meter import EpochState
-from nessa.trainer.plans.base import Plan
 
 from nessa.errors import FailedPreconditionError
 from nessa.order import epoch_seed
 from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
 from nessa.records import Selection
+from nessa.trainer.batches import TrainBatch
+from nessa.trainer.drift import DriftMonitor
+from nessa.trainer.meter import EpochState
+from nessa.trainer.plans.base import Plan
 
 __all__ = ["CrestPlan"]
 

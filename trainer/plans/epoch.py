@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nessa.trainer.meter import EpochState
-from nessa.trainer.plans.base import Plan
-from nessa.trainer.selecting import SelectionJob, SelectionPipeline
-
 from nessa.errors import FailedPreconditionError
 from nessa.order import epoch_seed
 from nessa.records import Selection
+from nessa.trainer.meter import EpochState
+from nessa.trainer.plans.base import Plan
+from nessa.trainer.selecting import SelectionJob, SelectionPipeline
 
 __all__ = ["EpochPlan", "FullPlan"]
 

@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 import numpy as np
-from nessa.trainer.meter import EpochState
-from nessa.trainer.plans.base import Plan
 
 from nessa.errors import InvalidArgumentError
 from nessa.order import epoch_seed
 from nessa.records import Selection
+from nessa.trainer.meter import EpochState
+from nessa.trainer.plans.base import Plan
 
 __all__ = ["PartitionPlan", "class_balanced_partition"]
 

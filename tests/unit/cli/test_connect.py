@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from nessa.services.storage.config import DaemonConfig
 
 from nessa.cli.connect import DEFAULT_PORT, check_port_free, normalize_target
 from nessa.cli.options import UsageError
 from nessa.errors import FailedPreconditionError
+from nessa.services.storage.config import DaemonConfig
 
 
 def test_the_default_port_is_the_daemons() -> None:

@@ -7,10 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from nessa.services.storage.config import DaemonConfig
 
 from nessa.cli import build_parser, main
 from nessa.cli.options import Flag, Parser, add_config_flags, attribute_docs, byte_size, given, human_bytes
+from nessa.services.storage.config import DaemonConfig
 
 
 @dataclasses.dataclass

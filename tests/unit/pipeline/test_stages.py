@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from nessa.trainer.batches import SampleDecoder
 
 from nessa.client import Batch, DatasetInfo
 from nessa.errors import InvalidArgumentError
 from nessa.pipeline import Decode, Prefetch, Rebatch, Stage, prefetch_iter
 from nessa.pipeline.base import StageState
+from nessa.trainer.batches import SampleDecoder
 
 
 class Messages(Stage[Batch]):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nessa.trainer.models import cnn1d, mlp, resnet20
 from torch import nn
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy import Normalization, Proxy, ProxyEngine, export
 from nessa.proxy.opencl_engine import OpenCLEngine
+from nessa.trainer.models import cnn1d, mlp, resnet20
 
 ENGINES = {name: ProxyEngine(name, batch_size=64) for name in ("opencl", "torch", "numpy")}
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nessa.trainer.models import cnn1d, mlp, resnet20
 from torch import nn
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy import Normalization, Proxy, ProxyEngine, dumps, export, quantize_per_channel
 from nessa.proxy.quantize import dequantize
+from nessa.trainer.models import cnn1d, mlp, resnet20
 
 NUMPY = ProxyEngine("numpy")
 

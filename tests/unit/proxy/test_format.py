@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from nessa.trainer.models import cnn1d, mlp
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy import INPUT, Normalization, Proxy, dumps, export, loads
 from nessa.proxy.format import sample_layout
+from nessa.trainer.models import cnn1d, mlp
 from nessa.v1 import proxy_pb2 as pb
 
 

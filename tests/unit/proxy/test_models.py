@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nessa.trainer.models import MODELS, build_model, cnn1d, mlp, resnet20
 
 from nessa.errors import InvalidArgumentError
+from nessa.trainer.models import MODELS, build_model, cnn1d, mlp, resnet20
 
 
 def test_default_shapes() -> None:

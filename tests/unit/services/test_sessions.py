@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nessa.services.storage.sessions import SessionStore, check_session_name
 
 from nessa.errors import InvalidArgumentError
 from nessa.metrics import SESSIONS_EVICTED
+from nessa.services.storage.sessions import SessionStore, check_session_name
 
 
 def test_state_survives_a_new_store_on_the_same_directory(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nessa.trainer.batches import SampleDecoder
 
 from nessa.client import DatasetInfo
 from nessa.errors import InvalidArgumentError
+from nessa.trainer.batches import SampleDecoder
 
 
 def _info(shape: tuple[int, ...], dtype: str, codec: str = "raw", classes: int = 10) -> DatasetInfo:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nessa.errors import DataCorruptionError
 from nessa.trainer.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng_state,
@@ -16,8 +18,6 @@ from nessa.trainer.checkpoint import (
     save_checkpoint,
 )
 from nessa.trainer.models import cnn1d
-
-from nessa.errors import DataCorruptionError
 
 
 def test_checkpoint_round_trip_with_model_optimizer_and_rng(tmp_path: Path) -> None:

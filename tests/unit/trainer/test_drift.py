@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from nessa.trainer.drift import DriftMonitor
-from nessa.trainer.models import cnn1d
 
 from nessa.errors import FailedPreconditionError
+from nessa.trainer.drift import DriftMonitor
+from nessa.trainer.models import cnn1d
 
 
 def test_drift_monitor_tracks_small_steps_and_flags_a_jump() -> None:

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nessa.trainer.plans import PLANS, plan_for
-from nessa.trainer.plans.partitions import class_balanced_partition
 
 from nessa.errors import InvalidArgumentError
+from nessa.trainer.plans import PLANS, plan_for
+from nessa.trainer.plans.partitions import class_balanced_partition
 
 
 def test_plans_are_chosen_by_name_and_methods_default_to_their_own() -> None:

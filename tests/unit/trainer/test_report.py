@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from nessa.trainer.report import RunResult, build_report, format_table, plot_report, time_to_accuracy, write_report
 
 

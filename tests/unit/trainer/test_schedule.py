@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from nessa.trainer.schedule import LRSchedule
 
 from nessa.errors import InvalidArgumentError
+from nessa.trainer.schedule import LRSchedule
 
 
 def test_schedule_warmup_then_cosine_to_zero() -> None:

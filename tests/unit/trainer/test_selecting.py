@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-from nessa.trainer.selecting import SelectionJob, SelectionPipeline
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.trainer.selecting import SelectionJob, SelectionPipeline
 
 
 def test_selection_pipeline_runs_jobs_in_order_and_measures_the_wait() -> None:
