@@ -65,22 +65,7 @@ def _run_select(args: argparse.Namespace) -> int:
             engine=args.engine,
             options=dict(args.option or []),
         )
-    metadata: dict[str, Any] = {
-        "id": sel.id,
-        "dataset": sel.dataset,
-        "method": sel.method,
-        "seed": args.seed,
-        "budget_rule": sel.budget_rule,
-        "options": sel.options,
-        "num_candidates": sel.num_candidates,
-        "objective": None if np.isnan(sel.objective) else sel.objective,
-        "proxy_version": sel.proxy_version,
-        "class_counts": {str(k): v for k, v in sel.class_counts.items()},
-        "selected_bytes": sel.selected_bytes,
-        "candidate_bytes": sel.candidate_bytes,
-        "timings": sel.timings,
-        "extras": sel.extras,
-    }
+    metadata: dict[str, Any] = {**sel.meta(), "seed": args.seed}
     np.savez(args.out, indices=sel.indices, weights=sel.weights, metadata=np.array(json.dumps(metadata)))
     print(
         f"{args.out}: {len(sel)} of {sel.num_candidates} samples of {sel.dataset} by {sel.method} "
