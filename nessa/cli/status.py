@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     with daemon_client(args) as client:
         health = _health(client)
         datasets = client.datasets()
+        selections = client.selections()
+        sessions = client.sessions()
     if args.json:
         info = {
             "target": client.target,
@@ -59,6 +61,11 @@ def _run(args: argparse.Namespace) -> int:
                 }
                 for d in datasets
             ],
+            "selections": [
+                {"id": s.id, "dataset": s.dataset, "method": s.method, "size": len(s), "session": s.session}
+                for s in selections
+            ],
+            "sessions": sessions,
         }
         print(json.dumps(info, indent=2))
         return 0
@@ -70,6 +77,13 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"  {d.name}: {d.num_samples} samples, {d.num_classes} classes, {kind}, {d.num_shards} shard(s), "
             f"{human_bytes(d.total_bytes)}, {proxy}"
+        )
+    print(f"selections kept: {len(selections)}" + (f" (newest {selections[0].id})" if selections else ""))
+    print(f"sessions: {len(sessions)}")
+    for st in sessions:
+        print(
+            f"  {st['session']}: {st['dataset']} {st['method']}, {st['rounds']} round(s), {st['parts']} part(s), "
+            f"{human_bytes(st['state_bytes'])} of state"
         )
     return 0
 

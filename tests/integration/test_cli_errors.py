@@ -147,6 +147,9 @@ def test_select_writes_indices_weights_and_metadata(daemon: StorageDaemon, tmp_p
     assert indices.dtype == np.int64 and len(set(indices.tolist())) == 60
     assert weights.shape == (60,) and np.all(weights > 0)
     assert meta["method"] == "balanced" and meta["dataset"] == "toy" and meta["seed"] == 4
+    # the daemon keeps it: status lists it, by the id the file holds
+    status = json.loads(nessa("status", "--target", daemon.address, "--token", TOKEN, "--json").stdout)
+    assert meta["id"] in {s["id"] for s in status["selections"]} and status["sessions"] == []
     assert sum(meta["class_counts"].values()) == 60
     # a method that needs model outputs, with no proxy pushed: the daemon's reason, in one line
     one_line(
