@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -18,13 +18,14 @@ import numpy as np
 from nessa.errors import InvalidArgumentError
 from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
 from nessa.order import Partition
+from nessa.pipeline.prefetch import prefetch_iter
 from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
 from nessa.services.storage.selections import SelectionParams, SelectionService
-from nessa.services.storage.streaming import Batch, check_limits, iter_batches, plan_stream, prefetched
+from nessa.services.storage.streaming import OutgoingBatch, check_limits, iter_batches, plan_stream
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
 
@@ -168,7 +169,7 @@ def _parse_options(options: Any) -> dict[str, Any]:
     return {name: _parse_option(name, text) for name, text in options.items()}
 
 
-def _encoded(batches: Iterator[Batch]) -> Iterator[tuple[Batch, bytes]]:
+def _encoded(batches: Iterator[OutgoingBatch]) -> Generator[tuple[OutgoingBatch, bytes], None, None]:
     for b in batches:
         meta = pb.SampleBatch(
             indices=b.indices,
@@ -350,7 +351,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         streamed = SAMPLES_STREAMED.labels(dataset=entry.name)
         ACTIVE_STREAMS.inc()
         try:
-            for b, data in prefetched(_encoded(batches)):
+            encoded = _encoded(batches)
+            # The next message is read and encoded on a helper thread while gRPC sends this one.
+            for (b, data), _ in prefetch_iter(encoded, 2, name="nessa-stream", on_exit=encoded.close):
                 # Counted as handed to gRPC: equal to what a client that reads the stream to its end receives; for a
                 # stream the client cancels it may include messages in flight that the client never read.
                 payload = b.payload_bytes

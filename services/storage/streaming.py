@@ -15,15 +15,11 @@ only the last piece advances it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import queue
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,16 +30,14 @@ from nessa.services.storage.catalog import DatasetEntry
 
 __all__ = [
     "MAX_BATCH_SIZE",
-    "Batch",
+    "OutgoingBatch",
     "StreamPlan",
     "decode_cursor",
     "encode_cursor",
     "iter_batches",
     "plan_stream",
-    "prefetched",
 ]
 
-_T = TypeVar("_T")
 
 #: Most samples one message may carry.
 MAX_BATCH_SIZE = 65536
@@ -55,7 +49,7 @@ _CURSOR_RE = re.compile(r"^([0-9a-f]{16})\.([0-9]{1,19})$")
 
 
 @dataclass
-class Batch:
+class OutgoingBatch:
     """One message's worth of a stream.
 
     Attributes:
@@ -227,7 +221,7 @@ def iter_batches(
     max_message_bytes: int,
     metadata_only: bool = False,
     cancel: CancelToken | None = None,
-) -> Iterator[Batch]:
+) -> Iterator[OutgoingBatch]:
     """Yield the stream's messages from ``plan.start`` on.
 
     Args:
@@ -249,7 +243,7 @@ def iter_batches(
         while pos < total:
             cancel.check()
             end = min(total, pos + count_cap)
-            yield Batch(
+            yield OutgoingBatch(
                 indices=plan.indices[pos:end].tolist(),
                 labels=plan.labels[pos:end].tolist(),
                 weights=plan.weights[pos:end].tolist(),
@@ -270,7 +264,7 @@ def iter_batches(
             for off in range(0, size, max_batch_bytes):
                 cancel.check()
                 after = pos + 1 if off + max_batch_bytes >= size else pos
-                yield Batch(
+                yield OutgoingBatch(
                     indices=[int(plan.indices[pos])],
                     labels=[int(plan.labels[pos])],
                     weights=[float(plan.weights[pos])],
@@ -286,7 +280,7 @@ def iter_batches(
         # As many whole samples as fit the count and byte bounds (at least this one, which fits).
         fits = int(np.searchsorted(np.cumsum(sizes[pos : pos + count_cap]), max_batch_bytes, side="right"))
         end = pos + max(1, fits)
-        yield Batch(
+        yield OutgoingBatch(
             indices=plan.indices[pos:end].tolist(),
             labels=plan.labels[pos:end].tolist(),
             weights=plan.weights[pos:end].tolist(),
@@ -301,47 +295,3 @@ def iter_batches(
 @dataclass
 class _End:
     error: BaseException | None = None
-
-
-def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
-    """Run ``items`` in a helper thread, up to ``depth`` items ahead of the consumer.
-
-    The stream's next message is read and encoded while gRPC sends the current one. Errors are re-raised in the
-    consumer; when the consumer stops early (a cancelled call), the helper stops at its next item and closes
-    ``items`` (so its ``finally`` blocks run) in its own thread.
-    """
-    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                box.put(item, timeout=0.05)
-                return True
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_End())
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(_End(exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=run, name="nessa-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = box.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
-    finally:
-        stop.set()
