@@ -176,7 +176,8 @@ def test_registry_lists_methods_with_options() -> None:
     methods = available()
     for name in ("random", "balanced", "craig", "adacore"):
         assert name in methods
-        assert set(methods[name]) == {"options", "requires", "description"} and methods[name]["description"]
+        assert set(methods[name]) == {"options", "option_specs", "requires", "description"}
+        assert methods[name]["description"]
     assert methods["craig"]["requires"] == ["labels", "gradients"]
     # "requires" is what each method needs with its default options (what create(name) would ask for)
     for name, info in methods.items():
@@ -233,7 +234,7 @@ def _check_subset(s: Subset, n: int) -> None:
     assert s.weights.shape == s.indices.shape and np.all(s.weights > 0)
 
 
-@pytest.mark.parametrize("rule", ["none", "equal", "proportional"])
+@pytest.mark.parametrize("rule", ["global", "equal", "proportional"])
 def test_random_selector(rule: str) -> None:
     labels, grads = _gradients(503, 6, 0)
     inputs = SelectionInputs(labels=labels)
@@ -245,7 +246,7 @@ def test_random_selector(rule: str) -> None:
     assert np.all(a.weights == 1.0) and np.isnan(a.objective)
     k = count_from_budget(503, 0.2)
     want = {
-        "none": None,
+        "global": None,
         "equal": class_budgets(labels, k, "equal"),
         "proportional": class_budgets(labels, k, "proportional"),
     }[rule]
@@ -253,8 +254,10 @@ def test_random_selector(rule: str) -> None:
         assert len(a) == k
     else:
         assert a.class_counts == want
-    if rule == "none":
+    if rule == "global":
         create("random").select(SelectionInputs(gradients=grads), 5)  # no labels needed
+    with pytest.raises(InvalidArgumentError, match="global"):
+        create("random", budget_rule="none")  # the old name of global
 
 
 def test_balanced_selector() -> None:
