@@ -3,7 +3,8 @@
 ``available()`` lists every method (discovered automatically from the modules of this package) with its options
 (defaults and specs, from each method's typed ``Options`` dataclass, :func:`options_class`), required inputs and
 description; :func:`required_inputs` gives the inputs a method needs with given options, and
-:func:`select_with_budget_rule` runs a method under a ``budget_rule`` (one selector per class for a per-class rule). The facility-location engine is :func:`nessa.selection.facility_location.maximize`.
+:func:`select_with_budget_rule` runs a method under a ``budget_rule`` (one selector per class for a per-class
+rule). The facility-location engine is :func:`nessa.selection.facility_location.maximize`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A selector declares its options as a typed frozen dataclass (``Options``) and which per-sample inputs it needs
 with given options (``inputs_for``; ``requires`` is that for the defaults). It is built by name through
-:func:`nessa.selection.create` and run with ``selector.select(inputs, budget, seed)``. Selectors never see gRPC, files or torch: numpy arrays only.
+:func:`nessa.selection.create` and run with ``selector.select(inputs, budget, seed)``. Selectors never see gRPC,
+files or torch: numpy arrays only.
 """
 
 from __future__ import annotations

@@ -213,9 +213,9 @@ def partition_class_budgets(
 
     ``k`` is split over the partitions in proportion to their sizes (:func:`largest_remainder`, exact), then each
     partition's share over its classes: ``equal`` is :func:`class_budgets`' ceil(share/C) with the deficits handed
-    on, its overshoot trimmed back to the share from the largest budgets (:func:`trim_to_total`; among tied classes the cuts
-    go on in label order from where the previous partition's stopped, so over all partitions every class is cut
-    about equally often), which is the same water-filling at exactly the share;
+    on, its overshoot trimmed back to the share from the largest budgets (:func:`trim_to_total`; among tied classes
+    the cuts go on in label order from where the previous partition's stopped, so over all partitions every class
+    is cut about equally often), which is the same water-filling at exactly the share;
     ``proportional`` is :func:`largest_remainder` over the class sizes (floor plus the largest remainders: the ceil
     rule without its overshoot; a class whose share is below one may get 0). So the total is exactly ``k`` for any
     class and partition count.

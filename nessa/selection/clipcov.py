@@ -262,7 +262,9 @@ class ClipCovOptions(Options):
     class_deductions: bool = option(
         False, "bool", help="also the notebook's class-wide deductions at each update (cumulative cross, label)"
     )
-    class_name_embeddings: Any = option(None, "matrix", help="K × d class-name text embeddings (zero-shot)")
+    class_name_embeddings: Any = option(  # noqa: RUF009 (option() returns a dataclass field)
+        None, "matrix", help="K × d class-name text embeddings (zero-shot)"
+    )
     backend: str = option("opencl", "choice", choices=("opencl", "numpy"), help="where similarities are computed")
     block_size: int = option(1024, "int", low=1, help="rows of a similarity matrix computed at a time")
 

@@ -195,7 +195,7 @@ class Options:
         return obj
 
     def as_dict(self) -> dict[str, Any]:
-        """name → value, in declaration order."""
+        """Name → value, in declaration order."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def replace(self: _O, owner: str, **changes: Any) -> _O:
@@ -204,12 +204,12 @@ class Options:
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """name → default value, in declaration order."""
+        """Name → default value, in declaration order."""
         return {f.name: f.default for f in fields(cls)}
 
     @classmethod
     def spec(cls) -> dict[str, dict[str, Any]]:
-        """name → JSON-able description: ``default``, ``kind``, ``accepts`` (in words), choices/range, ``help``."""
+        """Name → JSON-able description: ``default``, ``kind``, ``accepts`` (in words), choices/range, ``help``."""
         out: dict[str, dict[str, Any]] = {}
         for f in fields(cls):
             spec = f.metadata.get("spec")
