@@ -7,8 +7,8 @@
   weights are cluster sizes.
 * **Code.** None public ("code coming soon"); the group's CREST repo holds the same AdaHessian-style estimator.
 * **Ours.** The Hessian diagonal is the closed form for softmax cross-entropy w.r.t. the logits:
-  diag(H_i) = p_i ⊙ (1 − p_i), with p_i = ĝ_i + onehot(y_i) recovered from the ``gradients`` and ``labels`` the
-  daemon already has. It is exact (no Hutchinson noise), needs no backward pass, and lives in the same C-dim space
+  diag(H_i) = p_i ⊙ (1 − p_i), with p_i = ĝ_i + onehot(y_i) recovered from the ``gradients`` and ``labels`` (no
+  other input). It is exact (no Hutchinson noise), needs no backward pass, and lives in the same C-dim space
   as ĝ. The EMA state (ḡ and EMA of h², 2·C floats a sample, keyed by the sample's position) is kept **by the
   selector instance across calls**, with one step counter t for the bias corrections 1 − β^t (every call sees every
   candidate). v = (m1/(1 − β1^t)) / (sqrt(m2/(1 − β2^t)) + eps), β1 = 0.9, β2 = 0.999, eps = 1e-4 (AdaHessian's

@@ -1,4 +1,4 @@
-"""Data-efficient augmentation via Jacobian coresets (Liu & Mirzasoleiman, NeurIPS 2022), ALGORITHMS.md §7.
+"""Data-efficient augmentation via Jacobian coresets (Liu & Mirzasoleiman, NeurIPS 2022).
 
 Strong augmentation (AutoAugment, CutOut, ...) is expensive; augmenting only a weighted coreset whose
 augmentations reproduce the full augmented data's Jacobian–residual alignment captures most of its benefit.

@@ -1,6 +1,6 @@
 """ClipCov: cross-covariance-preserving subsets for CLIP (Joshi, Jain, Payani, Mirzasoleiman, AISTATS 2024).
 
-ALGORITHMS.md §6. Pick image–caption pairs that preserve CLIP's image–caption cross-covariance: pairs central to
+Pick image–caption pairs that preserve CLIP's image–caption cross-covariance: pairs central to
 their latent class in the cross-modal similarity, well aligned (high CLIP score), close to their class name, and
 far from other classes, with a diversity penalty so one class's picks do not all come from one subgroup.
 
@@ -23,6 +23,14 @@ far from other classes, with a diversity penalty so one class's picks do not all
   term uses the *mean* over the other (non-empty) classes instead of the sum, so its scale does not grow with
   the number of classes; mean_{j∈V_k'} sim(i,j) = ⟨u_i, v̄_k'⟩ + ⟨v_i, ū_k'⟩ with ū, v̄ the class means of the
   normalized embeddings (the code's "class centres"). No double greedy (the code has none). Weights are ones.
+
+  The notebook also subtracts, at each update of class k, two class-wide constants from all of k's scores: the
+  class-coverage term of *all* k's picks so far (cumulative) and the label term of the new picks, each over |V_k|
+  (``class_deductions=True`` applies them; :meth:`_Terms.class_deduction`). They act as a class-balance penalty
+  (in the audit's reproduction they moved 9–12 % of the picks and evened out the per-class counts). They are off
+  by default because they are not terms of the paper's F (with them the greedy no longer maximizes F, and
+  ``update_every=1`` is no longer the exact greedy), and their size depends on a score file the authors did not
+  release (our stand-in for it is the coverage term). The reported ``objective`` is F either way.
 
 Latent classes: the given ``groups`` ids, or zero-shot: each image goes to the class name whose text embedding
 is most cosine-similar (``class_name_embeddings``, a K × d list of lists or array in the same space as the

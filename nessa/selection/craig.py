@@ -5,8 +5,8 @@
   solved per class with greedy; the weight γ_j of a pick is its cluster size (the number of examples whose nearest
   pick it is). Deep nets use the last-layer gradient proxy g = softmax(z) − onehot(y).
 * **Code** (``baharanm/craig``). Per class, a dense Euclidean block with s = max(d) − d; lazy greedy (or the SMTK
-  binary, or stochastic greedy with ``--st_grd``); ``equal_num=True`` budgets ceil(k/C) per class; classes merged
-  round-robin in greedy order; weights normalized to mean 1 over the subset.
+  binary, or stochastic greedy with ``--st_grd``); ``equal_num=True`` budgets ceil(k/C) per class; classes concatenated
+  class by class (round-robin only for ``equal_num=False``); weights normalized to mean 1 over the subset.
 * **Ours.** The same on our facility-location engine (:mod:`nessa.selection.facility_location`: the similarity
   block on the OpenCL device, lazy greedy that returns exactly the naive order, stochastic greedy, GreeDi above
   ``block_size`` per class). Options: ``features`` (``gradients`` or ``embeddings``), ``similarity`` (CRAIG's
@@ -14,17 +14,25 @@
   (:mod:`nessa.selection.budget`; ``equal`` hands small classes' deficits to the others correctly), and
   ``weight_rule``. The subset is the classes' greedy orders interleaved in proportion to their budgets
   (:func:`~nessa.selection.facility_location.interleave`), weights are cluster sizes normalized to mean 1 over
-  the whole subset, and the objective is the sum of the per-class F values.
+  the whole subset, and the objective is the sum of the per-class F values. Where we depart from the code: ties go
+  to the lowest index (its heap: the largest), its ``if not ndx`` bug (each class's first element always picked)
+  is not copied, the equal rule's deficit is water-filled, and the merge interleaves (any prefix is balanced).
 
-  NeSSA's options from the paper's code: ``pool="partitions"`` (with ``partition_size`` or ``num_partitions``)
-  selects one mini-batch coreset per random class-balanced partition (:mod:`nessa.selection.pools`), the budget
-  split over the partitions in proportion to their sizes (exactly, largest remainder) and per class inside each;
-  ``drop_learned`` (with ``learned_window``, ``learned_threshold``) drops from the candidates the examples whose
-  ``losses`` stayed below the threshold for the window (:class:`~nessa.selection.learned.LearnedExampleFilter`),
-  except that a class (in a pool) keeps all its candidates when fewer than its budget would remain. That filter is
-  state kept **by the selector instance across calls** (positions are dataset sample positions), so the storage
-  daemon keeps one selector per dataset and method; :meth:`Craig.state_dict` / :meth:`Craig.load_state_dict`
-  save and restore it.
+* **Neither** (NeSSA's own options, which follow neither the paper nor NeSSA's released code exactly; see
+  ``docs/algorithms.md``): ``pool="partitions"`` (with ``partition_size`` or ``num_partitions``) selects one
+  coreset per random class-balanced *disjoint* partition, all with the same features (NeSSA's code draws
+  independent random partitions and takes one SGD step per partition's coreset, refreshing the proxy in between;
+  that schedule is a training plan, not a selector), the budget split so the total is **exactly** the budget
+  (:func:`nessa.selection.budget.partition_class_budgets`); the kernel stays CRAIG's ``max_minus_dist`` unless
+  ``similarity="exp"`` (NeSSA's code uses submodlib's exp kernel and weight rule). ``unit_weights=True`` returns
+  weight 1 for every pick (NeSSA's code trains unweighted). ``drop_learned`` (``learned_window``,
+  ``learned_threshold``) drops the examples whose ``losses`` stayed below the threshold for the window
+  (:class:`~nessa.selection.learned.LearnedExampleFilter`), except that a class (in a pool) keeps all its
+  candidates when fewer than its budget would remain. The threshold is on CREST's scale (cross-entropy of the
+  logits: 0.1 ⇔ p_y > 0.905); NeSSA's scripts' 1.4–4 are cross-entropy of softmax *probabilities* and mean
+  something else (``docs/algorithms.md`` converts them). The filter is state of the selector *instance*;
+  :meth:`Craig.state_dict` / :meth:`Craig.load_state_dict` save and restore it; a fresh instance per call keeps
+  nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CREST: Coresets for Stochastic Gradient Descent (Yang, Kang, Mirzasoleiman, ICML 2023), ALGORITHMS.md §4.
+"""CREST: Coresets for Stochastic Gradient Descent (Yang, Kang, Mirzasoleiman, ICML 2023).
 
 Instead of one coreset of all data, CREST draws P random pools V_p of about r examples and picks from each a
 *mini-batch coreset* of the mini-batch size m by facility location on last-layer gradients g_i = p_i − y_i; a
@@ -27,7 +27,7 @@ when its relative error ρ exceeds τ, the trainer asks for a new selection.
   kernel; naive greedy on small ground sets, lazy above: the same picks) picks the coreset; weights are cluster
   sizes normalized to mean 1 over the union. With ``drop_learned`` the selector instance keeps a
   :class:`nessa.selection.learned.LearnedExampleFilter` across calls: every call records all candidates'
-  ``losses`` (the daemon's proxy pass covers all candidates, so no pool-only bookkeeping is needed) and
+  ``losses`` (so no pool-only bookkeeping is needed: pass the losses of every candidate) and
   candidates learned in each of the last ``learned_window`` calls, this one included (loss below
   ``learned_threshold``), are left out of the pools, except in a class where that would leave fewer than
   ceil(``learned_min_keep``·n_c) examples (that class keeps all), and nothing is dropped when fewer than k
@@ -294,7 +294,7 @@ class Crest(Selector):
     def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
         """The union of the pools :meth:`select` draws (``None`` with ``drop_learned``, which reads every loss).
 
-        The pools depend only on the labels, the budget and the seed, so the daemon forwards the proxy over these
+        The pools depend only on the labels, the budget and the seed, so a caller that computes features (the daemon's proxy pass) needs them at these
         rows only: with the defaults, P = ceil(k/m) pools of about 1 % of N each, a small share of the data.
         """
         if self.config["drop_learned"]:

@@ -1,4 +1,4 @@
-"""SAS: Subsets that maximize Augmentation Similarity (Joshi & Mirzasoleiman, ICML 2023), ALGORITHMS.md §5.
+"""SAS: Subsets that maximize Augmentation Similarity (Joshi & Mirzasoleiman, ICML 2023).
 
 For contrastive self-supervised learning, the examples that contribute most are those most similar (in a proxy
 encoder's embedding space) to the other examples of their latent class.
