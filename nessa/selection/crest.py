@@ -294,8 +294,9 @@ class Crest(Selector):
     def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
         """The union of the pools :meth:`select` draws (``None`` with ``drop_learned``, which reads every loss).
 
-        The pools depend only on the labels, the budget and the seed, so a caller that computes features (the daemon's proxy pass) needs them at these
-        rows only: with the defaults, P = ceil(k/m) pools of about 1 % of N each, a small share of the data.
+        The pools depend only on the labels, the budget and the seed, so a caller that computes features (the
+        daemon's proxy pass) needs them at these rows only: with the defaults, P = ceil(k/m) pools of about 1 % of
+        N each, a small share of the data.
         """
         if self.config["drop_learned"]:
             return None
