@@ -7,8 +7,8 @@
   weights are cluster sizes.
 * **Code.** None public ("code coming soon"); the group's CREST repo holds the same AdaHessian-style estimator.
 * **Ours.** The Hessian diagonal is the closed form for softmax cross-entropy w.r.t. the logits:
-  diag(H_i) = p_i ⊙ (1 − p_i), with p_i = ĝ_i + onehot(y_i) recovered from the ``gradients`` and ``labels`` the
-  daemon already has. It is exact (no Hutchinson noise), needs no backward pass, and lives in the same C-dim space
+  diag(H_i) = p_i ⊙ (1 − p_i), with p_i = ĝ_i + onehot(y_i) recovered from the ``gradients`` and ``labels`` (no
+  other input). It is exact (no Hutchinson noise), needs no backward pass, and lives in the same C-dim space
   as ĝ. The EMA state (ḡ and EMA of h², 2·C floats a sample, keyed by the sample's position) is kept **by the
   selector instance across calls**, with one step counter t for the bias corrections 1 − β^t (every call sees every
   candidate). v = (m1/(1 − β1^t)) / (sqrt(m2/(1 − β2^t)) + eps), β1 = 0.9, β2 = 0.999, eps = 1e-4 (AdaHessian's
@@ -19,16 +19,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.selection.base import SelectionInputs
-from nessa.selection.craig import Craig, _number
+from nessa.selection.budget import BUDGET_RULES
+from nessa.selection.craig import CoresetOptions, Craig
+from nessa.selection.options import Options, option
 from nessa.selection.registry import register
 
-__all__ = ["AdaCore", "softmax_ce_hessian_diag"]
+__all__ = ["AdaCore", "AdaCoreOptions", "softmax_ce_hessian_diag"]
 
 #: How far p = g + onehot(y) may stray outside [0, 1] (float32 rounding) before the input is rejected.
 _P_TOLERANCE = 1e-3
@@ -67,6 +70,18 @@ def softmax_ce_hessian_diag(gradients: np.ndarray, labels: np.ndarray) -> np.nda
     return p * (1.0 - p)
 
 
+@dataclass(frozen=True)
+class AdaCoreOptions(CoresetOptions):
+    """AdaCore's options: CRAIG's (without ``features``: always the preconditioned gradients) and the EMA's."""
+
+    budget_rule: str = option(
+        "proportional", "choice", choices=BUDGET_RULES, help="proportional per class (the paper), equal or global"
+    )
+    beta1: float = option(0.9, "number", low=0.0, high=1.0, open_high=True, help="EMA decay of the gradient")
+    beta2: float = option(0.999, "number", low=0.0, high=1.0, open_high=True, help="EMA decay of the curvature²")
+    eps: float = option(1e-4, "number", low=0.0, open_low=True, help="added to the curvature RMS (AdaHessian's)")
+
+
 @register
 class AdaCore(Craig):
     """CRAIG on curvature-normalized gradients v = ḡ / (sqrt(EMA h²) + eps), EMA state kept across calls."""
@@ -76,27 +91,18 @@ class AdaCore(Craig):
         "AdaCore: CRAIG on Hessian-preconditioned gradient proxies (closed-form softmax-CE curvature, EMA across "
         "calls); proportional per-class budgets"
     )
-    requires: ClassVar[tuple[str, ...]] = ("labels", "gradients")
-    options: ClassVar[Mapping[str, Any]] = {
-        **{k: v for k, v in Craig.options.items() if k != "features"},
-        "budget_rule": "proportional",
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "eps": 1e-4,
-    }
+    Options: ClassVar[type[Options]] = AdaCoreOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        _number("beta1", self.config["beta1"], self.name, low=0.0, high=1.0 - 1e-12)
-        _number("beta2", self.config["beta2"], self.name, low=0.0, high=1.0 - 1e-12)
-        _number("eps", self.config["eps"], self.name, low=1e-30)
         self._m1: np.ndarray | None = None
         self._m2: np.ndarray | None = None
         self._t = 0
 
-    def required_inputs(self) -> tuple[str, ...]:
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
         """``labels`` and ``gradients`` (and ``losses`` with ``drop_learned``)."""
-        return ("labels", "gradients") + (("losses",) if self.config["drop_learned"] else ())
+        return ("labels", "gradients") + (("losses",) if opts.drop_learned else ())
 
     def state_dict(self) -> dict[str, Any]:
         """The EMA state and step counter (plus CRAIG's state), JSON-able."""

@@ -1,4 +1,4 @@
-"""Data-efficient augmentation via Jacobian coresets (Liu & Mirzasoleiman, NeurIPS 2022), ALGORITHMS.md §7.
+"""Data-efficient augmentation via Jacobian coresets (Liu & Mirzasoleiman, NeurIPS 2022).
 
 Strong augmentation (AutoAugment, CutOut, ...) is expensive; augmenting only a weighted coreset whose
 augmentations reproduce the full augmented data's Jacobian–residual alignment captures most of its benefit.
@@ -26,6 +26,7 @@ augmentations reproduce the full augmented data's Jacobian–residual alignment 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,9 +34,11 @@ import numpy as np
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
 from nessa.selection.budget import count_from_budget
+from nessa.selection.facility_location import OPTIMIZERS
+from nessa.selection.options import Options, option
 from nessa.selection.registry import create, register
 
-__all__ = ["Augment", "penultimate_gradients"]
+__all__ = ["Augment", "AugmentOptions", "penultimate_gradients"]
 
 _MAIN_SETS = ("coreset", "full", "random")
 
@@ -62,6 +65,29 @@ def penultimate_gradients(gradients: np.ndarray, embeddings: np.ndarray) -> np.n
     return (g[:, :, None] * h[:, None, :]).reshape(len(g), -1)
 
 
+@dataclass(frozen=True)
+class AugmentOptions(Options):
+    """The augmentation coresets' options (see :class:`Augment`)."""
+
+    main_set: str = option("coreset", "choice", choices=_MAIN_SETS, help="what Subset.indices holds")
+    main_size: int | float | None = option(None, "size", help="size of the random main set (main_set='random')")
+    num_augmentations: int = option(1, "int", low=1, help="r, strongly augmented copies per coreset element")
+    augment_weights: str = option("gamma", "choice", choices=("gamma", "ones"), help="weight of each copy")
+    gradient: str = option(
+        "last_layer", "choice", choices=("last_layer", "penultimate"), help="p − y, or (p − y) ⊗ h (--use_linear)"
+    )
+    optimizer: str = option("lazy", "choice", choices=OPTIMIZERS, help="CRAIG's greedy")
+    backend: str = option("opencl", "choice", choices=("opencl", "numpy"), help="where distances are computed")
+
+    def validate(self, owner: str) -> None:
+        """``main_size`` is given exactly when ``main_set='random'``."""
+        if (self.main_set == "random") != (self.main_size is not None):
+            raise InvalidArgumentError(
+                f"{owner}: main_size is the size of the random main set: give it exactly when main_set='random' "
+                f"(got main_set={self.main_set!r}, main_size={self.main_size!r})"
+            )
+
+
 @register
 class Augment(Selector):
     """Coresets to strongly augment (Liu & Mirzasoleiman 2022): CRAIG on the gradient proxy, plus a main set.
@@ -84,48 +110,20 @@ class Augment(Selector):
         "Data-efficient augmentation (NeurIPS 2022): a CRAIG coreset on p-y to strongly augment, with weights "
         "gamma/r per augmented copy, plus the epoch's main set (coreset, full or random)"
     )
-    requires: ClassVar[tuple[str, ...]] = ("labels", "gradients")
-    options: ClassVar[dict[str, Any]] = {
-        "main_set": "coreset",
-        "main_size": None,
-        "num_augmentations": 1,
-        "augment_weights": "gamma",
-        "gradient": "last_layer",
-        "optimizer": "lazy",
-        "backend": "opencl",
-    }
+    Options: ClassVar[type[Options]] = AugmentOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg = self.config
-        if cfg["main_set"] not in _MAIN_SETS:
-            raise InvalidArgumentError(f"augment: main_set must be one of {list(_MAIN_SETS)}; got {cfg['main_set']!r}")
-        if (cfg["main_set"] == "random") != (cfg["main_size"] is not None):
-            raise InvalidArgumentError(
-                "augment: main_size is the size of the random main set: give it exactly when main_set='random' "
-                f"(got main_set={cfg['main_set']!r}, main_size={cfg['main_size']!r})"
-            )
-        r = cfg["num_augmentations"]
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
-            raise InvalidArgumentError(f"augment: num_augmentations must be an integer >= 1; got {r!r}")
-        if cfg["augment_weights"] not in ("gamma", "ones"):
-            raise InvalidArgumentError(
-                f"augment: augment_weights must be 'gamma' or 'ones'; got {cfg['augment_weights']!r}"
-            )
-        if cfg["gradient"] not in ("last_layer", "penultimate"):
-            raise InvalidArgumentError(
-                f"augment: gradient must be 'last_layer' or 'penultimate'; got {cfg['gradient']!r}"
-            )
-        if cfg["backend"] not in ("opencl", "numpy"):
-            raise InvalidArgumentError(f"augment: backend must be 'opencl' or 'numpy'; got {cfg['backend']!r}")
         # Validates optimizer (and the rest of CRAIG's options) now rather than at the first selection.
         self._craig = create(
             "craig", similarity="exp", weight_rule="submodlib", optimizer=cfg["optimizer"], backend=cfg["backend"]
         )
 
-    def required_inputs(self) -> tuple[str, ...]:
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
         """``labels`` and ``gradients``, plus ``embeddings`` with ``gradient="penultimate"``."""
-        if self.config["gradient"] == "penultimate":
+        if opts.gradient == "penultimate":
             return ("labels", "gradients", "embeddings")
         return ("labels", "gradients")
 

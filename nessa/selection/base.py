@@ -1,8 +1,9 @@
 """The one interface every selector shares: inputs, budget, seed in; a weighted :class:`Subset` out.
 
-A selector declares which per-sample inputs it needs (``requires``) and its options (``options``: name →
-default). It is built by name through :func:`nessa.selection.create` and run with
-``selector.select(inputs, budget, seed)``. Selectors never see gRPC, files or torch: numpy arrays only.
+A selector declares its options as a typed frozen dataclass (``Options``) and which per-sample inputs it needs
+with given options (``inputs_for``; ``requires`` is that for the defaults). It is built by name through
+:func:`nessa.selection.create` and run with ``selector.select(inputs, budget, seed)``. Selectors never see gRPC,
+files or torch: numpy arrays only.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
 from nessa.errors import InvalidArgumentError
+from nessa.selection.options import Options
 
 __all__ = ["Budget", "SelectionInputs", "Selector", "Subset"]
 
@@ -136,24 +139,45 @@ class Subset:
         return len(self.indices)
 
 
+class _Requires:
+    """``Selector.requires``: the inputs the selector needs with its default options (``inputs_for(Options())``)."""
+
+    def __get__(self, obj: object, owner: type[Selector]) -> tuple[str, ...]:
+        return owner.inputs_for(owner.Options())
+
+
+class _Defaults:
+    """``Selector.options``: option name → default, read from the ``Options`` dataclass."""
+
+    def __get__(self, obj: object, owner: type[Selector]) -> Mapping[str, Any]:
+        return MappingProxyType(owner.Options.defaults())
+
+
 class Selector:
     """Base class of every selector.
 
-    Subclasses set ``name``, ``requires`` (input names), ``options`` (option name → default) and
-    ``description``, and implement :meth:`_select`. Options are validated once at construction.
+    Subclasses set ``name``, ``description`` and ``Options`` (a frozen dataclass of :mod:`nessa.selection.options`:
+    every option's name, default, type and validation), override :meth:`inputs_for` when the inputs depend on the
+    options, and implement :meth:`_select`. Options are parsed and validated once at construction into ``opts``
+    (the dataclass) and ``config`` (the same as a dict). ``requires`` (the inputs with the default options) and
+    ``options`` (name → default) are derived from those, so they cannot disagree with :meth:`required_inputs`.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ()
-    options: ClassVar[Mapping[str, Any]] = {}
+    Options: ClassVar[type[Options]] = Options
+    requires: ClassVar[_Requires] = _Requires()
+    options: ClassVar[_Defaults] = _Defaults()
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            known = ", ".join(sorted(self.options)) or "none"
-            raise InvalidArgumentError(f"{self.name}: unknown option(s) {unknown}; known options: {known}")
-        self.config: dict[str, Any] = {**self.options, **options}
+        self.opts = self.Options.parse(self.name or type(self).__name__, options)
+        self.config: dict[str, Any] = self.opts.as_dict()
+
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
+        """The :class:`SelectionInputs` fields this method needs with the options ``opts`` (its ``Options``)."""
+        del opts
+        return ()
 
     def select(self, inputs: SelectionInputs, budget: Budget, seed: int = 0) -> Subset:
         """Choose a weighted subset of ``inputs`` of the given budget; deterministic for a given seed."""
@@ -181,8 +205,8 @@ class Selector:
         return subset
 
     def required_inputs(self) -> tuple[str, ...]:
-        """The inputs this instance needs with its options (default: the class's ``requires``)."""
-        return tuple(self.requires)
+        """The inputs this instance needs with its options (:meth:`inputs_for` of its ``opts``)."""
+        return tuple(type(self).inputs_for(self.opts))
 
     def state_dict(self) -> dict[str, Any]:
         """The state this instance carries from one ``select`` call to the next (JSON-able; ``{}``: none)."""

@@ -21,25 +21,39 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nessa.accel.reference.selection import is_int, is_real
 from nessa.errors import InvalidArgumentError
 
+if TYPE_CHECKING:
+    from nessa.selection.base import SelectionInputs, Selector, Subset
+
 __all__ = [
     "BUDGET_RULES",
+    "GLOBAL",
+    "PER_CLASS_RULES",
+    "check_budget_rule",
     "class_budgets",
     "count_from_budget",
     "largest_remainder",
     "partition_class_budgets",
+    "select_with_budget_rule",
     "trim_to_total",
 ]
 
+#: The budget over all candidates at once, not split by class (the selector's own class handling applies).
+GLOBAL = "global"
 #: Per-class budget rules understood by :func:`class_budgets`.
-BUDGET_RULES = ("equal", "proportional")
+PER_CLASS_RULES = ("equal", "proportional")
+#: The one ``budget_rule`` vocabulary: the Select request's field, :func:`select_with_budget_rule`, ``random``'s and
+#: ``craig``'s option.
+BUDGET_RULES = (GLOBAL, *PER_CLASS_RULES)
 
 
 def count_from_budget(n: int, budget: float | int) -> int:
@@ -127,8 +141,8 @@ def class_budgets(
     Raises:
         InvalidArgumentError: an unknown rule, ``k`` outside [1, N], or a requested class without samples.
     """
-    if rule not in BUDGET_RULES:
-        raise InvalidArgumentError(f"unknown budget rule {rule!r}; use one of {list(BUDGET_RULES)}")
+    if rule not in PER_CLASS_RULES:
+        raise InvalidArgumentError(f"unknown per-class budget rule {rule!r}; use one of {list(PER_CLASS_RULES)}")
     keys, sizes = _class_sizes(labels, classes)
     total = sum(sizes)
     if not is_int(k) or not 1 <= int(k) <= total:
@@ -199,8 +213,9 @@ def partition_class_budgets(
 
     ``k`` is split over the partitions in proportion to their sizes (:func:`largest_remainder`, exact), then each
     partition's share over its classes: ``equal`` is :func:`class_budgets`' ceil(share/C) with the deficits handed
-    on, its overshoot trimmed back to the share from the largest budgets (:func:`trim_to_total`, ties rotated by the
-    partition's number so no class is always the one cut), which is the same water-filling at exactly the share;
+    on, its overshoot trimmed back to the share from the largest budgets (:func:`trim_to_total`; among tied classes
+    the cuts go on in label order from where the previous partition's stopped, so over all partitions every class
+    is cut about equally often), which is the same water-filling at exactly the share;
     ``proportional`` is :func:`largest_remainder` over the class sizes (floor plus the largest remainders: the ceil
     rule without its overshoot; a class whose share is below one may get 0). So the total is exactly ``k`` for any
     class and partition count.
@@ -220,7 +235,8 @@ def partition_class_budgets(
         raise InvalidArgumentError(f"partition budget total k={k!r} must be an int in [1, {sum(sizes)}]")
     shares = largest_remainder(int(k), sizes)
     out: list[dict[int, int]] = []
-    for p, (pool, share) in enumerate(zip(partitions, shares, strict=True)):
+    cuts = 0  # cuts made so far: the next partition's cuts start where the last one's stopped
+    for pool, share in zip(partitions, shares, strict=True):
         if share == 0:
             out.append({})
             continue
@@ -230,7 +246,9 @@ def partition_class_budgets(
             parts = largest_remainder(share, [int(v) for v in counts])
             out.append({int(c): v for c, v in zip(keys, parts, strict=True)})
         else:
-            out.append(trim_to_total(class_budgets(members, share, rule=rule), share, rotation=p))
+            full = class_budgets(members, share, rule=rule)
+            out.append(trim_to_total(full, share, rotation=cuts))
+            cuts += sum(full.values()) - share
     return out
 
 
@@ -267,3 +285,116 @@ def largest_remainder(k: int, sizes: Sequence[int] | Mapping[int, int]) -> list[
             base[i] += 1
             left -= 1
     return base
+
+
+def check_budget_rule(rule: Any, owner: str = "budget_rule") -> str:
+    """Validate a ``budget_rule`` (one of :data:`BUDGET_RULES`; ``""`` means ``global``) and return it.
+
+    Raises:
+        InvalidArgumentError: any other value (``"none"`` names its replacement, ``"global"``).
+    """
+    if rule == "":
+        return GLOBAL
+    if rule in BUDGET_RULES:
+        return str(rule)
+    hint = " ('none' is now called 'global')" if rule == "none" else ""
+    raise InvalidArgumentError(f"{owner}: unknown budget rule {rule!r}; use one of {list(BUDGET_RULES)}{hint}")
+
+
+def select_with_budget_rule(
+    method: str,
+    inputs: SelectionInputs,
+    budget: float | int,
+    rule: str = GLOBAL,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    *,
+    selector_for: Callable[[int | None], Selector] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Subset:
+    """Run selector ``method`` under a budget rule: once over all candidates, or once per class on its own budget.
+
+    This is what a Select request's ``budget_rule`` does. ``global``: one selector, the whole budget, all candidates.
+    ``equal`` / ``proportional``: the budget's count k is split over the classes by :func:`class_budgets` (``equal``:
+    ceil(k/C) per class with the deficits of small classes handed on; ``proportional``: ceil(n_c·k/N)), and a
+    selector runs on each class's candidates alone (classes in ascending label order, each with the same ``seed``,
+    a class with budget 0 skipped). The subsets are concatenated in class order, each keeping its own weights;
+    the objective is the sum of the finite per-class objectives (``nan`` when none is finite).
+
+    Every class gets its **own** selector (``selector_for(c)``; by default a fresh ``create(method, **options)``),
+    so no state (AdaCore's moving averages, a learned-example filter) leaks from one class into the next. A caller
+    that keeps selector state across calls (a selection session) passes ``selector_for`` returning that class's
+    instance (``None`` for ``global``).
+
+    Args:
+        method: the selector's registry name.
+        inputs: the candidates' inputs (``labels`` are needed for a per-class rule).
+        budget: a fraction in (0, 1] or a count in [1, n] of all candidates.
+        rule: one of :data:`BUDGET_RULES`.
+        seed: the selectors' seed.
+        options: the selector's options.
+        selector_for: class label (``None`` for ``global``) → the selector to run for it.
+        check: called before each class's selection (e.g. a cancellation check that raises).
+
+    Returns:
+        The :class:`~nessa.selection.base.Subset` (indices into ``inputs``); ``extras`` holds ``budget_rule`` and,
+        per class, ``class_budgets``.
+
+    Raises:
+        InvalidArgumentError: an unknown method, option or rule, a bad budget, or a per-class rule without labels.
+    """
+    from nessa.selection.base import SelectionInputs, Subset
+    from nessa.selection.registry import create
+
+    rule = check_budget_rule(rule)
+    opts = dict(options or {})
+
+    def fresh(_: int | None) -> Selector:
+        return create(method, **opts)
+
+    make = selector_for or fresh
+    if rule == GLOBAL:
+        if check is not None:
+            check()
+        subset = make(None).select(inputs, budget, seed)
+        subset.extras = {**subset.extras, "budget_rule": GLOBAL}
+        return subset
+    labels = inputs.labels
+    if labels is None:
+        raise InvalidArgumentError(f"budget rule {rule!r} splits the budget by class and needs labels; pass labels")
+    start = time.perf_counter()
+    k = count_from_budget(len(labels), budget)
+    shares = class_budgets(labels, k, rule=rule)
+    idx_parts: list[np.ndarray] = []
+    w_parts: list[np.ndarray] = []
+    objective = 0.0
+    has_objective = False
+    config: dict[str, Any] = {}
+    for c in sorted(shares):
+        k_c = int(shares[c])
+        if k_c == 0:
+            continue
+        if check is not None:
+            check()
+        members = np.flatnonzero(labels == c)
+        sub_inputs = SelectionInputs(**{name: getattr(inputs, name)[members] for name in inputs.present()})
+        selector = make(c)
+        sub = selector.select(sub_inputs, int(min(k_c, len(members))), seed)
+        config = dict(selector.config)
+        idx_parts.append(members[np.asarray(sub.indices, dtype=np.int64)])
+        w_parts.append(np.asarray(sub.weights, dtype=np.float32))
+        if np.isfinite(sub.objective):
+            objective += float(sub.objective)
+            has_objective = True
+    indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64)
+    found, counts = np.unique(labels[indices], return_counts=True)
+    return Subset(
+        indices=indices,
+        weights=np.concatenate(w_parts) if w_parts else np.zeros(0, dtype=np.float32),
+        objective=objective if has_objective else float("nan"),
+        class_counts={int(c): int(v) for c, v in zip(found, counts, strict=True)},
+        seconds=time.perf_counter() - start,
+        method=method,
+        options=config,
+        extras={"budget_rule": rule, "class_budgets": {str(c): int(v) for c, v in sorted(shares.items())}},
+    )

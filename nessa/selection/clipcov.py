@@ -1,6 +1,6 @@
 """ClipCov: cross-covariance-preserving subsets for CLIP (Joshi, Jain, Payani, Mirzasoleiman, AISTATS 2024).
 
-ALGORITHMS.md §6. Pick image–caption pairs that preserve CLIP's image–caption cross-covariance: pairs central to
+Pick image–caption pairs that preserve CLIP's image–caption cross-covariance: pairs central to
 their latent class in the cross-modal similarity, well aligned (high CLIP score), close to their class name, and
 far from other classes, with a diversity penalty so one class's picks do not all come from one subgroup.
 
@@ -24,6 +24,14 @@ far from other classes, with a diversity penalty so one class's picks do not all
   the number of classes; mean_{j∈V_k'} sim(i,j) = ⟨u_i, v̄_k'⟩ + ⟨v_i, ū_k'⟩ with ū, v̄ the class means of the
   normalized embeddings (the code's "class centres"). No double greedy (the code has none). Weights are ones.
 
+  The notebook also subtracts, at each update of class k, two class-wide constants from all of k's scores: the
+  class-coverage term of *all* k's picks so far (cumulative) and the label term of the new picks, each over |V_k|
+  (``class_deductions=True`` applies them; :meth:`_Terms.class_deduction`). They act as a class-balance penalty
+  (in the audit's reproduction they moved 9–12 % of the picks and evened out the per-class counts). They are off
+  by default because they are not terms of the paper's F (with them the greedy no longer maximizes F, and
+  ``update_every=1`` is no longer the exact greedy), and their size depends on a score file the authors did not
+  release (our stand-in for it is the coverage term). The reported ``objective`` is F either way.
+
 Latent classes: the given ``groups`` ids, or zero-shot: each image goes to the class name whose text embedding
 is most cosine-similar (``class_name_embeddings``, a K × d list of lists or array in the same space as the
 image embeddings; computed with the backend's ``kmeans_assign`` op on normalized vectors, whose nearest centre is
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,9 +52,10 @@ import numpy as np
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
 from nessa.selection.budget import count_from_budget
+from nessa.selection.options import Options, option
 from nessa.selection.registry import register
 
-__all__ = ["ClipCov", "clipcov_objective"]
+__all__ = ["ClipCov", "ClipCovOptions", "clipcov_objective"]
 
 _DEFAULT_LABEL_WEIGHT = 0.5
 
@@ -161,6 +171,21 @@ class _Terms:
         b = _thresholded(self.ops, self.v[candidates], self.u[picks], self.threshold).sum(axis=1, dtype=np.float64)
         return a + b
 
+    def class_deduction(self, taken: np.ndarray, new: np.ndarray) -> float:
+        """The notebook's class-wide deduction at an update of one class (``class_deductions=True``).
+
+        ``clip_core.ipynb`` subtracts from every score of class k, at each update: Σ_{j∈S_k} raw_cross_j / |V_k|
+        over *all* of the class's picks so far (cumulative, so it is taken again at every update) and
+        (Σ_{j∈new} ls_j / 2) / |V_k| over the picks since the last update. raw_cross is the class-coverage term
+        (its file was not released; ours is Σ_{i∈V_k} sim(j,i) / |V_k|, the modular part of F_class) and ls/2 the
+        label term (α·⟨v_j, t_k⟩ with α the label weight, 0.5 by default like the notebook's /2).
+        """
+        size = float(self.size[taken[0]])
+        label_w = self.weights[1]
+        cross = float(np.sum(self.cover[taken] / self.size[taken]))
+        label = float(np.sum(label_w * self.label[new]))
+        return (cross + label) / size
+
     def objective(self, selected: np.ndarray) -> float:
         """F(S) of the paper (with our thresholding and mean inter-class term) for the given selection."""
         sel = np.asarray(selected, dtype=np.int64)
@@ -233,16 +258,31 @@ def clipcov_objective(
     return terms.objective(np.asarray(selected, dtype=np.int64))
 
 
-def _number(value: Any, name: str, *, low: float | None = None, high: float | None = None) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or not np.isfinite(value)
-    ):
-        raise InvalidArgumentError(f"clipcov: {name} must be a finite number; got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidArgumentError(f"clipcov: {name} must be in [{low}, {high}]; got {value!r}")
-    return float(value)
+@dataclass(frozen=True)
+class ClipCovOptions(Options):
+    """ClipCov's options (see :class:`ClipCov`)."""
+
+    threshold: float = option(0.0, "number", low=-1.0, high=1.0, help="cross-modal cosines ≤ it count as 0")
+    clip_score_weight: float = option(1.0, "number", help="weight of the CLIP score 2·cos(u_i, v_i)")
+    label_weight: float | None = option(None, "number", help="α of the label term (None: 0.5 with class names)")
+    inter_weight: float = option(1.0, "number", help="weight of the inter-class penalty")
+    update_every: int = option(200, "int", low=1, help="a class's scores are updated every this many of its picks")
+    class_deductions: bool = option(
+        False, "bool", help="also the notebook's class-wide deductions at each update (cumulative cross, label)"
+    )
+    class_name_embeddings: Any = option(  # noqa: RUF009 (option() returns a dataclass field)
+        None, "matrix", help="K × d class-name text embeddings (zero-shot)"
+    )
+    backend: str = option("opencl", "choice", choices=("opencl", "numpy"), help="where similarities are computed")
+    block_size: int = option(1024, "int", low=1, help="rows of a similarity matrix computed at a time")
+
+    def validate(self, owner: str) -> None:
+        """A non-zero ``label_weight`` needs ``class_name_embeddings``."""
+        if self.label_weight is not None and self.label_weight != 0.0 and self.class_name_embeddings is None:
+            raise InvalidArgumentError(
+                f"{owner}: label_weight needs class_name_embeddings (the text embeddings of the class names); "
+                "pass them, or set label_weight=0 (or leave it None)"
+            )
 
 
 @register
@@ -259,6 +299,8 @@ class ClipCov(Selector):
         inter_weight: weight of the inter-class penalty (mean similarity to the other classes' centres).
         update_every: a class's scores get the diversity penalty every this many picks from it (code: 200;
             1 = exact greedy).
+        class_deductions: at each update also subtract the notebook's two class-wide constants (off by default,
+            see the module docstring).
         class_name_embeddings: K × d text embeddings of the class names (list of lists, JSON-able), for zero-shot
             latent classes and the label term; ``None`` to use ``groups`` only.
         backend: ``"opencl"`` (default) or ``"numpy"``.
@@ -270,54 +312,13 @@ class ClipCov(Selector):
         "ClipCov (AISTATS 2024): image-caption pairs central to their latent class in cross-modal similarity, "
         "aligned, close to their class name and far from other classes, with a batched diversity penalty"
     )
-    requires: ClassVar[tuple[str, ...]] = ("embeddings", "caption_embeddings")
-    options: ClassVar[dict[str, Any]] = {
-        "threshold": 0.0,
-        "clip_score_weight": 1.0,
-        "label_weight": None,
-        "inter_weight": 1.0,
-        "update_every": 200,
-        "class_name_embeddings": None,
-        "backend": "opencl",
-        "block_size": 1024,
-    }
+    Options: ClassVar[type[Options]] = ClipCovOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        cfg = self.config
-        _number(cfg["threshold"], "threshold", low=-1.0, high=1.0)
-        _number(cfg["clip_score_weight"], "clip_score_weight")
-        _number(cfg["inter_weight"], "inter_weight")
-        if cfg["label_weight"] is not None:
-            _number(cfg["label_weight"], "label_weight")
-            if cfg["label_weight"] != 0.0 and cfg["class_name_embeddings"] is None:
-                raise InvalidArgumentError(
-                    "clipcov: label_weight needs class_name_embeddings (the text embeddings of the class names); "
-                    "pass them, or set label_weight=0 (or leave it None)"
-                )
-        for key in ("update_every", "block_size"):
-            value = cfg[key]
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidArgumentError(f"clipcov: {key} must be an integer >= 1; got {value!r}")
-        if cfg["backend"] not in ("opencl", "numpy"):
-            raise InvalidArgumentError(f"clipcov: backend must be 'opencl' or 'numpy'; got {cfg['backend']!r}")
-        if cfg["class_name_embeddings"] is not None:
-            names = cfg["class_name_embeddings"]
-            try:
-                shape = np.shape(np.asarray(names, dtype=np.float64))
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"clipcov: class_name_embeddings must be a K × d list of lists of numbers ({exc})"
-                ) from exc
-            if len(shape) != 2 or shape[0] == 0:
-                raise InvalidArgumentError(
-                    f"clipcov: class_name_embeddings must be a non-empty K × d matrix; got shape {shape}"
-                )
-
-    def required_inputs(self) -> tuple[str, ...]:
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
         """Both embeddings, plus ``groups`` unless ``class_name_embeddings`` give zero-shot latent classes."""
         base = ("embeddings", "caption_embeddings")
-        return base if self.config["class_name_embeddings"] is not None else (*base, "groups")
+        return base if opts.class_name_embeddings is not None else (*base, "groups")
 
     def _select(self, inputs: SelectionInputs, budget: Budget, seed: int) -> Subset:
         from nessa.accel.selection_ops import get_ops
@@ -368,7 +369,7 @@ class ClipCov(Selector):
             ops=ops,
             block_size=int(cfg["block_size"]),
         )
-        order = self._greedy(terms, k, int(cfg["update_every"]))
+        order = self._greedy(terms, k, int(cfg["update_every"]), bool(cfg["class_deductions"]))
         picked_classes, picked_counts = np.unique(classes[order], return_counts=True)
         return Subset(
             indices=order,
@@ -378,16 +379,23 @@ class ClipCov(Selector):
                 "latent_classes_from": source,
                 "num_latent_classes": len(terms.ids),
                 "label_weight": float(label_weight),
+                "class_deductions": bool(cfg["class_deductions"]),
                 "latent_class_counts": {int(g): int(c) for g, c in zip(picked_classes, picked_counts, strict=True)},
             },
         )
 
     @staticmethod
-    def _greedy(terms: _Terms, k: int, update_every: int) -> np.ndarray:
-        """Global greedy; a class's scores get the diversity penalty every ``update_every`` picks from it."""
+    def _greedy(terms: _Terms, k: int, update_every: int, class_deductions: bool = False) -> np.ndarray:
+        """Global greedy; every ``update_every`` picks from a class, that class's scores are updated.
+
+        The update subtracts the diversity penalty of the class's new picks; with ``class_deductions`` also the
+        notebook's two class-wide constants: the class-coverage term of *all* the class's picks so far, and the
+        label term of the new picks, each over |V_k| (:meth:`_Terms.class_deduction`).
+        """
         score = terms.modular() - terms.diag / terms.size
         remaining: dict[int, np.ndarray] = {}
         pending: dict[int, list[int]] = {}
+        taken: dict[int, list[int]] = {int(g): [] for g in terms.ids}
         heap: list[tuple[float, int, int]] = []
         for g in terms.ids:
             idx = terms.members[int(g)]
@@ -402,8 +410,12 @@ class ClipCov(Selector):
             order[step] = pick
             rest = remaining[g][1:]
             pending[g].append(pick)
+            taken[g].append(pick)
             if len(pending[g]) >= update_every and len(rest):
-                score[rest] -= terms.penalty(rest, np.asarray(pending[g], dtype=np.int64)) / size[g]
+                new = np.asarray(pending[g], dtype=np.int64)
+                score[rest] -= terms.penalty(rest, new) / size[g]
+                if class_deductions:
+                    score[rest] -= terms.class_deduction(np.asarray(taken[g], dtype=np.int64), new)
                 rest = rest[np.lexsort((rest, -score[rest]))]
                 pending[g] = []
             remaining[g] = rest

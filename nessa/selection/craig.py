@@ -5,8 +5,8 @@
   solved per class with greedy; the weight γ_j of a pick is its cluster size (the number of examples whose nearest
   pick it is). Deep nets use the last-layer gradient proxy g = softmax(z) − onehot(y).
 * **Code** (``baharanm/craig``). Per class, a dense Euclidean block with s = max(d) − d; lazy greedy (or the SMTK
-  binary, or stochastic greedy with ``--st_grd``); ``equal_num=True`` budgets ceil(k/C) per class; classes merged
-  round-robin in greedy order; weights normalized to mean 1 over the subset.
+  binary, or stochastic greedy with ``--st_grd``); ``equal_num=True`` budgets ceil(k/C) per class; classes concatenated
+  class by class (round-robin only for ``equal_num=False``); weights normalized to mean 1 over the subset.
 * **Ours.** The same on our facility-location engine (:mod:`nessa.selection.facility_location`: the similarity
   block on the OpenCL device, lazy greedy that returns exactly the naive order, stochastic greedy, GreeDi above
   ``block_size`` per class). Options: ``features`` (``gradients`` or ``embeddings``), ``similarity`` (CRAIG's
@@ -14,30 +14,40 @@
   (:mod:`nessa.selection.budget`; ``equal`` hands small classes' deficits to the others correctly), and
   ``weight_rule``. The subset is the classes' greedy orders interleaved in proportion to their budgets
   (:func:`~nessa.selection.facility_location.interleave`), weights are cluster sizes normalized to mean 1 over
-  the whole subset, and the objective is the sum of the per-class F values.
+  the whole subset, and the objective is the sum of the per-class F values. Where we depart from the code: ties go
+  to the lowest index (its heap: the largest), its ``if not ndx`` bug (each class's first element always picked)
+  is not copied, the equal rule's deficit is water-filled, and the merge interleaves (any prefix is balanced).
 
-  NeSSA's options from the paper's code: ``pool="partitions"`` (with ``partition_size`` or ``num_partitions``)
-  selects one mini-batch coreset per random class-balanced partition (:mod:`nessa.selection.pools`), the budget
-  split over the partitions in proportion to their sizes (exactly, largest remainder) and per class inside each;
-  ``drop_learned`` (with ``learned_window``, ``learned_threshold``) drops from the candidates the examples whose
-  ``losses`` stayed below the threshold for the window (:class:`~nessa.selection.learned.LearnedExampleFilter`),
-  except that a class (in a pool) keeps all its candidates when fewer than its budget would remain. That filter is
-  state kept **by the selector instance across calls** (positions are dataset sample positions), so the storage
-  daemon keeps one selector per dataset and method; :meth:`Craig.state_dict` / :meth:`Craig.load_state_dict`
-  save and restore it.
+* **Neither** (NeSSA's own options, which follow neither the paper nor NeSSA's released code exactly; see
+  ``docs/algorithms.md``): ``pool="partitions"`` (with ``partition_size`` or ``num_partitions``) selects one
+  coreset per random class-balanced *disjoint* partition, all with the same features (NeSSA's code draws
+  independent random partitions and takes one SGD step per partition's coreset, refreshing the proxy in between;
+  that schedule is a training plan, not a selector), the budget split so the total is **exactly** the budget
+  (:func:`nessa.selection.budget.partition_class_budgets`); the kernel stays CRAIG's ``max_minus_dist`` unless
+  ``similarity="exp"`` (NeSSA's code uses submodlib's exp kernel and weight rule). ``unit_weights=True`` returns
+  weight 1 for every pick (NeSSA's code trains unweighted). ``drop_learned`` (``learned_window``,
+  ``learned_threshold``) drops the examples whose ``losses`` stayed below the threshold for the window
+  (:class:`~nessa.selection.learned.LearnedExampleFilter`), except that a class (in a pool) keeps all its
+  candidates when fewer than its budget would remain. The threshold is on CREST's scale (cross-entropy of the
+  logits: 0.1 ⇔ p_y > 0.905); NeSSA's scripts' 1.4–4 are cross-entropy of softmax *probabilities* and mean
+  something else (``docs/algorithms.md`` converts them). The filter is state of the selector *instance*;
+  :meth:`Craig.state_dict` / :meth:`Craig.load_state_dict` save and restore it; a fresh instance per call keeps
+  nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
-from nessa.accel.reference.selection import SIMILARITY_KINDS, is_int, is_real
+from nessa.accel.reference.selection import SIMILARITY_KINDS
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
-from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget, partition_class_budgets
+from nessa.selection.budget import BUDGET_RULES, GLOBAL, class_budgets, count_from_budget, partition_class_budgets
 from nessa.selection.facility_location import (
     OPTIMIZERS,
     WEIGHT_RULES,
@@ -46,22 +56,70 @@ from nessa.selection.facility_location import (
     mean_one_weights,
 )
 from nessa.selection.learned import LearnedExampleFilter
+from nessa.selection.options import Options, option
 from nessa.selection.pools import class_balanced_partitions
 from nessa.selection.registry import register
 
-__all__ = ["FL_OPTIONS", "Craig", "check_fl_options", "derived_seed"]
+__all__ = ["FL_OPTIONS", "CoresetOptions", "Craig", "CraigOptions", "FacilityLocationOptions", "derived_seed"]
+
+_BACKENDS = ("opencl", "numpy")
+
+
+@dataclass(frozen=True)
+class FacilityLocationOptions(Options):
+    """The facility-location engine's options (:func:`nessa.selection.facility_location.maximize`)."""
+
+    similarity: str = option(
+        "max_minus_dist", "choice", choices=SIMILARITY_KINDS, help="max_minus_dist (CRAIG), exp (submodlib), cosine"
+    )
+    similarity_param: float | None = option(
+        None, "number", low=0.0, help="M of max_minus_dist (default: the block's max distance) or D of exp"
+    )
+    threshold: float = option(0.0, "number", help="similarities below it become 0")
+    optimizer: str = option("lazy", "choice", choices=OPTIMIZERS, help="greedy variant (lazy = naive's order)")
+    epsilon: float = option(0.1, "number", low=0.0, high=1.0, open_low=True, open_high=True, help="stochastic ε")
+    backend: str = option("opencl", "choice", choices=_BACKENDS, help="where the similarities are computed")
+    block_size: int = option(10_000, "int", low=2, help="largest ground set held as one block (GreeDi above)")
+    weight_rule: str = option("craig", "choice", choices=WEIGHT_RULES, help="cluster-size rule of the weights")
+
 
 #: The facility-location options CRAIG-like selectors share (name → default).
-FL_OPTIONS: Mapping[str, Any] = {
-    "similarity": "max_minus_dist",
-    "similarity_param": None,
-    "threshold": 0.0,
-    "optimizer": "lazy",
-    "epsilon": 0.1,
-    "backend": "opencl",
-    "block_size": 10_000,
-    "weight_rule": "craig",
-}
+FL_OPTIONS: Mapping[str, Any] = MappingProxyType(FacilityLocationOptions.defaults())
+
+
+@dataclass(frozen=True)
+class CoresetOptions(FacilityLocationOptions):
+    """CRAIG's and AdaCore's options: the engine's, the budget rule, partitions, learned-example dropping."""
+
+    budget_rule: str = option(
+        "equal", "choice", choices=BUDGET_RULES, help="global (one coreset over all), equal or proportional per class"
+    )
+    pool: str = option("class", "choice", choices=("class", "partitions"), help="one coreset per class or partition")
+    partition_size: int | None = option(None, "int", low=1, help="largest partition (pool='partitions')")
+    num_partitions: int | None = option(None, "int", low=1, help="number of partitions (pool='partitions')")
+    drop_learned: bool = option(False, "bool", help="leave out examples whose loss stayed below the threshold")
+    learned_window: int = option(5, "int", low=1, help="observations an example's loss must stay below it")
+    learned_threshold: float = option(0.1, "number", help="the loss below which an observation counts as learned")
+    unit_weights: bool = option(False, "bool", help="return weight 1 for every pick (train unweighted)")
+
+    def validate(self, owner: str) -> None:
+        """``pool='partitions'`` needs exactly one of partition_size / num_partitions; other pools neither."""
+        if self.pool == "partitions":
+            if (self.partition_size is None) == (self.num_partitions is None):
+                raise InvalidArgumentError(
+                    f"{owner}: pool='partitions' needs exactly one of partition_size and num_partitions"
+                )
+        elif self.partition_size is not None or self.num_partitions is not None:
+            raise InvalidArgumentError(f"{owner}: partition_size/num_partitions only apply with pool='partitions'")
+
+
+@dataclass(frozen=True)
+class CraigOptions(CoresetOptions):
+    """CRAIG's options (:class:`CoresetOptions` plus the features the distances are taken on)."""
+
+    features: str = option(
+        "gradients", "choice", choices=("gradients", "embeddings"), help="the input the distances are taken on"
+    )
 
 
 def derived_seed(*parts: int) -> int:
@@ -69,47 +127,22 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...], owner: str) -> None:
-    if value not in allowed:
-        raise InvalidArgumentError(f"{owner}: option {name}={value!r} is not one of {list(allowed)}")
-
-
-def _number(name: str, value: Any, owner: str, *, low: float, high: float | None = None, integer: bool = False) -> None:
-    ok = (is_int(value) if integer else is_real(value)) and bool(np.isfinite(float(value)))
-    ok = ok and float(value) >= low and (high is None or float(value) <= high)
-    if not ok:
-        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise InvalidArgumentError(
-            f"{owner}: option {name}={value!r} must be {'an int' if integer else 'a number'} {rng}"
-        )
-
-
-def check_fl_options(cfg: Mapping[str, Any], owner: str) -> None:
-    """Validate the :data:`FL_OPTIONS` values in ``cfg`` (raises InvalidArgumentError naming the option)."""
-    _choice("similarity", cfg["similarity"], SIMILARITY_KINDS, owner)
-    _choice("optimizer", cfg["optimizer"], OPTIMIZERS, owner)
-    _choice("backend", cfg["backend"], ("opencl", "numpy"), owner)
-    _choice("weight_rule", cfg["weight_rule"], WEIGHT_RULES, owner)
-    if cfg["similarity_param"] is not None:
-        _number("similarity_param", cfg["similarity_param"], owner, low=0.0)
-    _number("threshold", cfg["threshold"], owner, low=-np.inf)
-    _number("epsilon", cfg["epsilon"], owner, low=1e-12, high=1.0 - 1e-12)
-    _number("block_size", cfg["block_size"], owner, low=2, integer=True)
-
-
 @register
 class Craig(Selector):
     """Per-class facility location on gradient proxies (or embeddings), cluster-size weights (see the module doc).
 
-    Options:
+    Options (:class:`CraigOptions`):
         features: ``"gradients"`` (default) or ``"embeddings"``: which input the distances are taken on.
         similarity, similarity_param, threshold, optimizer, epsilon, backend, block_size, weight_rule: the
             facility-location engine's options (:func:`nessa.selection.facility_location.maximize`).
-        budget_rule: ``"equal"`` (ceil(k/C) per class) or ``"proportional"`` (ceil(n_c·k/N)).
+        budget_rule: ``"equal"`` (ceil(k/C) per class), ``"proportional"`` (ceil(n_c·k/N)) or ``"global"`` (one
+            coreset over all candidates, labels ignored).
         pool: ``"class"`` (one coreset per class over all candidates) or ``"partitions"`` (one per random
-            class-balanced partition; give ``partition_size`` or ``num_partitions``).
+            class-balanced partition; give ``partition_size`` or ``num_partitions``; exactly the budget).
         drop_learned: drop learned examples (needs ``losses``); ``learned_window`` observations below
             ``learned_threshold``.
+        unit_weights: every weight 1 (NeSSA's code trains unweighted); the cluster-size weights are in
+            ``extras["cluster_weights"]``.
     """
 
     name: ClassVar[str] = "craig"
@@ -117,41 +150,11 @@ class Craig(Selector):
         "CRAIG: per-class facility location (lazy/stochastic greedy, GreeDi) on gradient proxies; weights are "
         "cluster sizes normalized to mean 1"
     )
-    requires: ClassVar[tuple[str, ...]] = ("labels", "gradients")
-    options: ClassVar[Mapping[str, Any]] = {
-        "features": "gradients",
-        **FL_OPTIONS,
-        "budget_rule": "equal",
-        "pool": "class",
-        "partition_size": None,
-        "num_partitions": None,
-        "drop_learned": False,
-        "learned_window": 5,
-        "learned_threshold": 0.1,
-    }
+    Options: ClassVar[type[Options]] = CraigOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg = self.config
-        owner = self.name
-        if "features" in cfg:
-            _choice("features", cfg["features"], ("gradients", "embeddings"), owner)
-        check_fl_options(cfg, owner)
-        _choice("budget_rule", cfg["budget_rule"], BUDGET_RULES, owner)
-        _choice("pool", cfg["pool"], ("class", "partitions"), owner)
-        if cfg["pool"] == "partitions":
-            if (cfg["partition_size"] is None) == (cfg["num_partitions"] is None):
-                raise InvalidArgumentError(
-                    f"{owner}: pool='partitions' needs exactly one of partition_size and num_partitions"
-                )
-            which = "partition_size" if cfg["partition_size"] is not None else "num_partitions"
-            _number(which, cfg[which], owner, low=1, integer=True)
-        elif cfg["partition_size"] is not None or cfg["num_partitions"] is not None:
-            raise InvalidArgumentError(f"{owner}: partition_size/num_partitions only apply with pool='partitions'")
-        if not isinstance(cfg["drop_learned"], bool):
-            raise InvalidArgumentError(f"{owner}: option drop_learned must be true or false")
-        _number("learned_window", cfg["learned_window"], owner, low=1, integer=True)
-        _number("learned_threshold", cfg["learned_threshold"], owner, low=-np.inf)
         self.learned: LearnedExampleFilter | None = (
             LearnedExampleFilter(int(cfg["learned_window"]), float(cfg["learned_threshold"]))
             if cfg["drop_learned"]
@@ -180,10 +183,12 @@ class Craig(Selector):
             self.learned.reset()
 
     # ---------------------------------------------------------------------------------------------- select
-    def required_inputs(self) -> tuple[str, ...]:
-        """``labels``, the configured features, and ``losses`` with ``drop_learned``."""
-        need = ("labels", str(self.config.get("features", "gradients")))
-        return need + (("losses",) if self.config["drop_learned"] else ())
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
+        """``labels`` (unless ``budget_rule='global'`` over one pool), the features, ``losses`` with drop_learned."""
+        need: tuple[str, ...] = () if opts.budget_rule == GLOBAL and opts.pool == "class" else ("labels",)
+        need += (str(getattr(opts, "features", "gradients")),)
+        return need + (("losses",) if opts.drop_learned else ())
 
     def _features(self, inputs: SelectionInputs) -> np.ndarray:
         """The per-sample vectors the facility location runs on (AdaCore overrides this)."""
@@ -193,8 +198,11 @@ class Craig(Selector):
     def _select(self, inputs: SelectionInputs, budget: Budget, seed: int) -> Subset:
         cfg = self.config
         feats = self._features(inputs)
-        labels = np.asarray(inputs.labels, dtype=np.int64)
-        n = labels.size
+        n = len(feats)
+        labels = np.zeros(n, dtype=np.int64) if inputs.labels is None else np.asarray(inputs.labels, dtype=np.int64)
+        # the labels the budget is split by: one group for the global rule
+        groups = np.zeros(n, dtype=np.int64) if cfg["budget_rule"] == GLOBAL else labels
+        rule = "equal" if cfg["budget_rule"] == GLOBAL else str(cfg["budget_rule"])
         k = count_from_budget(n, budget)
         learned = np.zeros(n, dtype=bool)
         if self.learned is not None:
@@ -206,10 +214,10 @@ class Craig(Selector):
             pools = class_balanced_partitions(
                 labels, num_partitions=cfg["num_partitions"], partition_size=cfg["partition_size"], seed=seed
             )
-            budgets = partition_class_budgets(labels, pools, k, rule=cfg["budget_rule"])
+            budgets = partition_class_budgets(groups, pools, k, rule=rule)
         else:
             pools = [np.arange(n, dtype=np.int64)]
-            budgets = [class_budgets(labels, k, rule=cfg["budget_rule"])]
+            budgets = [class_budgets(groups, k, rule=rule)]
         fl_kwargs = {
             "similarity": cfg["similarity"],
             "similarity_param": cfg["similarity_param"],
@@ -232,7 +240,7 @@ class Craig(Selector):
             counts: list[np.ndarray] = []
             for c in sorted(per_class):
                 kc = per_class[c]
-                members = pool[labels[pool] == c]
+                members = pool[groups[pool] == c]
                 if kc == 0:
                     continue
                 if learned.any():
@@ -249,11 +257,14 @@ class Craig(Selector):
             picked.append(np.concatenate(orders)[perm])
             sizes.append(np.concatenate(counts)[perm])
         indices = np.concatenate(picked)
+        weights = mean_one_weights(np.concatenate(sizes))
         extras: dict[str, Any] = {
             "pool": cfg["pool"],
             "pools": len(pools),
             "dropped_learned": int(dropped),
             "class_objective": {str(c): v for c, v in sorted(class_objective.items())},
         }
-        return Subset(indices=indices, weights=mean_one_weights(np.concatenate(sizes)), objective=objective,
-                      extras=extras)  # fmt: skip
+        if cfg["unit_weights"]:
+            extras["cluster_weights"] = weights.tolist()
+            weights = np.ones(indices.size, dtype=np.float32)
+        return Subset(indices=indices, weights=weights, objective=objective, extras=extras)

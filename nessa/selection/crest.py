@@ -1,4 +1,4 @@
-"""CREST: Coresets for Stochastic Gradient Descent (Yang, Kang, Mirzasoleiman, ICML 2023), ALGORITHMS.md §4.
+"""CREST: Coresets for Stochastic Gradient Descent (Yang, Kang, Mirzasoleiman, ICML 2023).
 
 Instead of one coreset of all data, CREST draws P random pools V_p of about r examples and picks from each a
 *mini-batch coreset* of the mini-batch size m by facility location on last-layer gradients g_i = p_i − y_i; a
@@ -27,7 +27,7 @@ when its relative error ρ exceeds τ, the trainer asks for a new selection.
   kernel; naive greedy on small ground sets, lazy above: the same picks) picks the coreset; weights are cluster
   sizes normalized to mean 1 over the union. With ``drop_learned`` the selector instance keeps a
   :class:`nessa.selection.learned.LearnedExampleFilter` across calls: every call records all candidates'
-  ``losses`` (the daemon's proxy pass covers all candidates, so no pool-only bookkeeping is needed) and
+  ``losses`` (so no pool-only bookkeeping is needed: pass the losses of every candidate) and
   candidates learned in each of the last ``learned_window`` calls, this one included (loss below
   ``learned_threshold``), are left out of the pools, except in a class where that would leave fewer than
   ceil(``learned_min_keep``·n_c) examples (that class keeps all), and nothing is dropped when fewer than k
@@ -49,13 +49,14 @@ import numpy as np
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
-from nessa.selection.budget import class_budgets, count_from_budget
+from nessa.selection.budget import PER_CLASS_RULES, class_budgets, count_from_budget
 from nessa.selection.facility_location import maximize, mean_one_weights
 from nessa.selection.learned import LearnedExampleFilter
+from nessa.selection.options import Options, option
 from nessa.selection.pools import class_balanced_partitions
 from nessa.selection.registry import register
 
-__all__ = ["Crest", "QuadraticLossModel", "crest_adapt", "crest_should_reselect"]
+__all__ = ["Crest", "CrestOptions", "QuadraticLossModel", "crest_adapt", "crest_should_reselect"]
 
 #: ``optimizer="auto"`` runs naive greedy on per-class ground sets up to this size and lazy greedy above.
 NAIVE_MAX_GROUND = 512
@@ -180,12 +181,29 @@ class QuadraticLossModel:
         return crest_should_reselect(self.predict(delta), true_loss, tau)
 
 
-def _int_option(cfg: Mapping[str, Any], key: str, low: int = 1, allow_none: bool = False) -> None:
-    value = cfg[key]
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InvalidArgumentError(f"crest: {key} must be an integer >= {low}; got {value!r}")
+@dataclass(frozen=True)
+class CrestOptions(Options):
+    """CREST's options (see :class:`Crest`)."""
+
+    minibatch_size: int = option(128, "int", low=1, help="m, the size of one mini-batch coreset")
+    pool_size: int | float | None = option(None, "size", help="r per random pool (None: max(1 % of N, 4·m))")
+    class_rule: str = option("equal", "choice", choices=PER_CLASS_RULES, help="per-class budget rule in a pool")
+    optimizer: str = option(
+        "auto", "choice", choices=("auto", "lazy", "naive", "stochastic"), help="greedy (auto: naive on small sets)"
+    )
+    epsilon: float = option(0.1, "number", low=0.0, high=1.0, help="stochastic greedy's ε")
+    similarity_param: float | None = option(None, "number", low=0.0, open_low=True, help="D of exp(−d/D)")
+    drop_learned: bool = option(False, "bool", help="leave out examples learned for the window")
+    learned_window: int = option(5, "int", low=1, help="calls an example's loss must stay below the threshold")
+    learned_threshold: float = option(0.1, "number", help="α, on CREST's scale (cross-entropy of the logits)")
+    learned_min_keep: float = option(0.1, "number", low=0.0, high=1.0, help="a class keeps all below this share")
+    backend: str = option("opencl", "choice", choices=("opencl", "numpy"), help="where distances are computed")
+    unit_weights: bool = option(False, "bool", help="return weight 1 for every pick (train unweighted)")
+
+    def validate(self, owner: str) -> None:
+        """Stochastic greedy needs 0 < ε < 1."""
+        if self.optimizer == "stochastic" and not 0.0 < self.epsilon < 1.0:
+            raise InvalidArgumentError(f"{owner}: stochastic greedy needs 0 < epsilon < 1")
 
 
 @register
@@ -193,10 +211,10 @@ class Crest(Selector):
     """CREST mini-batch coresets: FL on last-layer gradients inside random class-balanced pools.
 
     Inputs: ``labels``, ``gradients`` (p − y), and ``losses`` when ``drop_learned`` is on. The instance keeps the
-    learned-example state across calls (the daemon keeps one selector per dataset and method); candidates are
-    identified by position, so every call must pass the same candidate set.
+    learned-example state across calls (:meth:`state_dict` / :meth:`load_state_dict` save and restore it);
+    candidates are identified by position, so every call must pass the same candidate set.
 
-    Options:
+    Options (:class:`CrestOptions`):
         minibatch_size: m, the size of one mini-batch coreset (paper/code: 128); P = ceil(budget/m).
         pool_size: r, examples per random pool: a count, a fraction of the candidates, or ``None`` for
             max(1 % of N, 4·m).
@@ -212,6 +230,7 @@ class Crest(Selector):
         learned_threshold: α (paper and code: 0.1).
         learned_min_keep: a class keeps all its examples when dropping would leave fewer than this fraction.
         backend: ``"opencl"`` (default) or ``"numpy"``.
+        unit_weights: every weight 1 (train unweighted); the submodlib weights are in ``extras["cluster_weights"]``.
     """
 
     name: ClassVar[str] = "crest"
@@ -219,66 +238,18 @@ class Crest(Selector):
         "CREST (ICML 2023): mini-batch coresets by facility location on p-y inside random class-balanced pools, "
         "with learned-example dropping; the trainer reselects when its quadratic loss model drifts"
     )
-    requires: ClassVar[tuple[str, ...]] = ("labels", "gradients")
-    options: ClassVar[dict[str, Any]] = {
-        "minibatch_size": 128,
-        "pool_size": None,
-        "class_rule": "equal",
-        "optimizer": "auto",
-        "epsilon": 0.1,
-        "similarity_param": None,
-        "drop_learned": False,
-        "learned_window": 5,
-        "learned_threshold": 0.1,
-        "learned_min_keep": 0.1,
-        "backend": "opencl",
-    }
+    Options: ClassVar[type[Options]] = CrestOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         cfg = self.config
-        _int_option(cfg, "minibatch_size")
-        _int_option(cfg, "learned_window")
-        pool = cfg["pool_size"]
-        if pool is not None and (
-            isinstance(pool, bool)
-            or not isinstance(pool, (int, float, np.integer, np.floating))
-            or (isinstance(pool, (float, np.floating)) and not 0.0 < pool <= 1.0)
-            or pool <= 0
-        ):
-            raise InvalidArgumentError(
-                f"crest: pool_size must be a count >= 1, a fraction in (0, 1], or None; got {pool!r}"
-            )
-        if cfg["class_rule"] not in ("equal", "proportional"):
-            raise InvalidArgumentError(
-                f"crest: class_rule must be 'equal' or 'proportional'; got {cfg['class_rule']!r}"
-            )
-        if cfg["optimizer"] not in ("auto", "lazy", "naive", "stochastic"):
-            raise InvalidArgumentError(
-                f"crest: optimizer must be 'auto', 'lazy', 'naive' or 'stochastic'; got {cfg['optimizer']!r}"
-            )
-        for key, low, high in (("epsilon", 0.0, 1.0), ("learned_min_keep", 0.0, 1.0)):
-            value = cfg[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise InvalidArgumentError(f"crest: {key} must be a number in [{low}, {high}]; got {value!r}")
-        if cfg["epsilon"] in (0, 0.0, 1, 1.0) and cfg["optimizer"] == "stochastic":
-            raise InvalidArgumentError("crest: stochastic greedy needs 0 < epsilon < 1")
-        param = cfg["similarity_param"]
-        if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float)) or param <= 0):
-            raise InvalidArgumentError(f"crest: similarity_param must be a number > 0 or None; got {param!r}")
-        thr = cfg["learned_threshold"]
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-            raise InvalidArgumentError(f"crest: learned_threshold must be a finite number; got {thr!r}")
-        if not isinstance(cfg["drop_learned"], bool):
-            raise InvalidArgumentError(f"crest: drop_learned must be true or false; got {cfg['drop_learned']!r}")
-        if cfg["backend"] not in ("opencl", "numpy"):
-            raise InvalidArgumentError(f"crest: backend must be 'opencl' or 'numpy'; got {cfg['backend']!r}")
         self.learned = LearnedExampleFilter(int(cfg["learned_window"]), float(cfg["learned_threshold"]))
         self._num_candidates: int | None = None
 
-    def required_inputs(self) -> tuple[str, ...]:
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
         """``labels`` and ``gradients``, plus ``losses`` with ``drop_learned``."""
-        return ("labels", "gradients", "losses") if self.config["drop_learned"] else ("labels", "gradients")
+        return ("labels", "gradients", "losses") if opts.drop_learned else ("labels", "gradients")
 
     def state_dict(self) -> dict[str, Any]:
         """The state kept across calls (the learned-example filter and the candidate count)."""
@@ -323,8 +294,9 @@ class Crest(Selector):
     def feature_rows(self, labels: np.ndarray, budget: Budget, seed: int = 0) -> np.ndarray | None:
         """The union of the pools :meth:`select` draws (``None`` with ``drop_learned``, which reads every loss).
 
-        The pools depend only on the labels, the budget and the seed, so the daemon forwards the proxy over these
-        rows only: with the defaults, P = ceil(k/m) pools of about 1 % of N each, a small share of the data.
+        The pools depend only on the labels, the budget and the seed, so a caller that computes features (the
+        daemon's proxy pass) needs them at these rows only: with the defaults, P = ceil(k/m) pools of about 1 % of
+        N each, a small share of the data.
         """
         if self.config["drop_learned"]:
             return None
@@ -438,4 +410,8 @@ class Crest(Selector):
             extras["coreset_weighted_loss"] = float(
                 (weights * inputs.losses[indices].astype(np.float64)).sum() / max(weights.sum(), 1e-300)
             )
-        return Subset(indices=indices, weights=weights.astype(np.float32), objective=objective, extras=extras)
+        out_weights = weights.astype(np.float32)
+        if cfg["unit_weights"]:
+            extras["cluster_weights"] = out_weights.tolist()
+            out_weights = np.ones(indices.size, dtype=np.float32)
+        return Subset(indices=indices, weights=out_weights, objective=objective, extras=extras)

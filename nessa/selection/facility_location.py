@@ -1,4 +1,4 @@
-"""The facility-location engine shared by CRAIG, AdaCore, CREST and the augmentation coresets (ALGORITHMS B2/B3).
+"""The facility-location engine shared by CRAIG, AdaCore, CREST and the augmentation coresets.
 
 Maximizes F(S) = Σ_{i∈V} w_i · max(0, max_{j∈S} s_ij) subject to |S| ≤ k, where s is one of the similarity kinds
 of :mod:`nessa.accel.reference.selection` (CRAIG's M − ‖·‖, submodlib's exp(−‖·‖/D), thresholded cosine).

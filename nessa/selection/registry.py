@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Selector
+from nessa.selection.options import Options
 
-__all__ = ["available", "create", "get", "register"]
+__all__ = ["available", "create", "get", "options_class", "register", "required_inputs"]
 
 _S = TypeVar("_S", bound=type[Selector])
 
@@ -84,18 +86,39 @@ def create(name: str, **options: Any) -> Selector:
     return get(name)(**options)
 
 
-def available() -> dict[str, dict[str, Any]]:
-    """Every registered selector: name → {"options", "requires", "description"}.
+def required_inputs(method: str, options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The :class:`~nessa.selection.base.SelectionInputs` fields ``method`` needs with ``options``.
 
-    ``options`` maps each option to its default; ``requires`` lists the :class:`SelectionInputs` fields the
-    selector needs *with its default options* (some options add inputs, e.g. ``drop_learned`` needs ``losses``:
-    ``create(name, **options).required_inputs()`` tells for given options).
+    The one rule the trainer (which pushes a proxy only when needed) and the daemon (which rejects, before any work,
+    a method whose inputs it cannot compute) both call; it equals ``create(method, **options).required_inputs()``
+    without building the selector.
+
+    Raises:
+        InvalidArgumentError: an unknown method, an unknown option, or an invalid option value.
+    """
+    cls = get(method)
+    return tuple(cls.inputs_for(cls.Options.parse(method, options)))
+
+
+def options_class(method: str) -> type[Options]:
+    """The typed frozen dataclass of ``method``'s options (its fields: names, defaults, types and validation)."""
+    return get(method).Options
+
+
+def available() -> dict[str, dict[str, Any]]:
+    """Every registered selector: name → {"options", "option_specs", "requires", "description"}.
+
+    ``options`` maps each option to its default; ``option_specs`` describes each (default, kind, what it accepts,
+    choices or range, help; JSON-able, from the method's ``Options`` dataclass); ``requires`` lists the
+    :class:`SelectionInputs` fields the selector needs *with its default options* (some options add inputs, e.g.
+    ``drop_learned`` needs ``losses``: :func:`required_inputs` tells for given options).
     """
     _discover()
     return {
         name: {
-            "options": dict(cls.options),
-            "requires": list(cls().required_inputs()),
+            "options": cls.Options.defaults(),
+            "option_specs": cls.Options.spec(),
+            "requires": list(cls.requires),
             "description": cls.description,
         }
         for name, cls in sorted(_REGISTRY.items())

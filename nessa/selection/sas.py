@@ -1,4 +1,4 @@
-"""SAS: Subsets that maximize Augmentation Similarity (Joshi & Mirzasoleiman, ICML 2023), ALGORITHMS.md §5.
+"""SAS: Subsets that maximize Augmentation Similarity (Joshi & Mirzasoleiman, ICML 2023).
 
 For contrastive self-supervised learning, the examples that contribute most are those most similar (in a proxy
 encoder's embedding space) to the other examples of their latent class.
@@ -28,6 +28,7 @@ encoder's embedding space) to the other examples of their latent class.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,9 +37,10 @@ from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
 from nessa.selection.budget import count_from_budget, largest_remainder
 from nessa.selection.facility_location import interleave
+from nessa.selection.options import Options, option
 from nessa.selection.registry import register
 
-__all__ = ["SAS", "graph_cut_objective", "thresholded_centrality"]
+__all__ = ["SAS", "SASOptions", "graph_cut_objective", "thresholded_centrality"]
 
 _OBJECTIVES = ("centrality", "greedy")
 #: Largest class (elements of the n_k × n_k similarity matrix) the greedy keeps as one dense matrix on the host;
@@ -149,6 +151,18 @@ def _greedy_graph_cut(
     return order
 
 
+@dataclass(frozen=True)
+class SASOptions(Options):
+    """SAS's options (see :class:`SAS`)."""
+
+    threshold: float = option(0.0, "number", low=-1.0, high=1.0, help="cosines below it count as 0")
+    objective: str = option("centrality", "choice", choices=_OBJECTIVES, help="the code's ranking or the paper's")
+    num_latent_classes: int | None = option(None, "int", low=1, help="k-means latent classes (None: use groups)")
+    kmeans_max_iter: int = option(300, "int", low=1, help="most Lloyd iterations of that k-means")
+    backend: str = option("opencl", "choice", choices=("opencl", "numpy"), help="where similarities are computed")
+    block_size: int = option(1024, "int", low=1, help="rows of a similarity matrix computed at a time")
+
+
 @register
 class SAS(Selector):
     """SAS (Joshi & Mirzasoleiman 2023): per latent class, the most augmentation-similar (central) examples.
@@ -172,39 +186,12 @@ class SAS(Selector):
         "SAS (ICML 2023): per latent class, keep the examples with the largest thresholded cosine centrality "
         "(or the paper's greedy graph cut) in a proxy embedding space; for contrastive SSL"
     )
-    requires: ClassVar[tuple[str, ...]] = ("embeddings",)
-    options: ClassVar[dict[str, Any]] = {
-        "threshold": 0.0,
-        "objective": "centrality",
-        "num_latent_classes": None,
-        "kmeans_max_iter": 300,
-        "backend": "opencl",
-        "block_size": 1024,
-    }
+    Options: ClassVar[type[Options]] = SASOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        cfg = self.config
-        threshold = cfg["threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
-            raise InvalidArgumentError(f"sas: threshold must be a cosine value in [-1, 1]; got {threshold!r}")
-        if cfg["objective"] not in _OBJECTIVES:
-            raise InvalidArgumentError(f"sas: objective must be one of {list(_OBJECTIVES)}; got {cfg['objective']!r}")
-        k = cfg["num_latent_classes"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise InvalidArgumentError(
-                f"sas: num_latent_classes must be an integer >= 1 (or None to use the given groups); got {k!r}"
-            )
-        for key in ("kmeans_max_iter", "block_size"):
-            value = cfg[key]
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidArgumentError(f"sas: {key} must be an integer >= 1; got {value!r}")
-        if cfg["backend"] not in ("opencl", "numpy"):
-            raise InvalidArgumentError(f"sas: backend must be 'opencl' or 'numpy'; got {cfg['backend']!r}")
-
-    def required_inputs(self) -> tuple[str, ...]:
+    @classmethod
+    def inputs_for(cls, opts: Any) -> tuple[str, ...]:
         """``embeddings``, plus ``groups`` unless ``num_latent_classes`` asks for k-means latent classes."""
-        return ("embeddings",) if self.config["num_latent_classes"] is not None else ("embeddings", "groups")
+        return ("embeddings",) if opts.num_latent_classes is not None else ("embeddings", "groups")
 
     def _latent_classes(self, inputs: SelectionInputs, seed: int) -> np.ndarray:
         k = self.config["num_latent_classes"]

@@ -176,7 +176,8 @@ def test_registry_lists_methods_with_options() -> None:
     methods = available()
     for name in ("random", "balanced", "craig", "adacore"):
         assert name in methods
-        assert set(methods[name]) == {"options", "requires", "description"} and methods[name]["description"]
+        assert set(methods[name]) == {"options", "option_specs", "requires", "description"}
+        assert methods[name]["description"]
     assert methods["craig"]["requires"] == ["labels", "gradients"]
     # "requires" is what each method needs with its default options (what create(name) would ask for)
     for name, info in methods.items():
@@ -233,7 +234,7 @@ def _check_subset(s: Subset, n: int) -> None:
     assert s.weights.shape == s.indices.shape and np.all(s.weights > 0)
 
 
-@pytest.mark.parametrize("rule", ["none", "equal", "proportional"])
+@pytest.mark.parametrize("rule", ["global", "equal", "proportional"])
 def test_random_selector(rule: str) -> None:
     labels, grads = _gradients(503, 6, 0)
     inputs = SelectionInputs(labels=labels)
@@ -245,7 +246,7 @@ def test_random_selector(rule: str) -> None:
     assert np.all(a.weights == 1.0) and np.isnan(a.objective)
     k = count_from_budget(503, 0.2)
     want = {
-        "none": None,
+        "global": None,
         "equal": class_budgets(labels, k, "equal"),
         "proportional": class_budgets(labels, k, "proportional"),
     }[rule]
@@ -253,8 +254,10 @@ def test_random_selector(rule: str) -> None:
         assert len(a) == k
     else:
         assert a.class_counts == want
-    if rule == "none":
+    if rule == "global":
         create("random").select(SelectionInputs(gradients=grads), 5)  # no labels needed
+    with pytest.raises(InvalidArgumentError, match="global"):
+        create("random", budget_rule="none")  # the old name of global
 
 
 def test_balanced_selector() -> None:
@@ -572,3 +575,108 @@ def test_craig_matches_golden_on_digits(backend: str) -> None:
 
 def test_golden_file_matches_the_slow_reference() -> None:
     assert _digits_reference() == json.loads(GOLDEN.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ API for the daemon
+def test_requires_agrees_with_required_inputs_for_every_method_and_option() -> None:
+    from nessa.selection import required_inputs
+
+    for name, info in available().items():
+        cls = get(name)
+        assert tuple(info["requires"]) == cls.requires == create(name).required_inputs() == required_inputs(name)
+        assert set(info["option_specs"]) == set(info["options"])
+        json.dumps(info["option_specs"])  # JSON-able for the CLI, the daemon and the docs
+    cases = [
+        ("sas", {"num_latent_classes": 3}, ("embeddings",)),
+        ("craig", {"drop_learned": True}, ("labels", "gradients", "losses")),
+        ("craig", {"budget_rule": "global"}, ("gradients",)),
+        ("craig", {"features": "embeddings"}, ("labels", "embeddings")),
+        ("random", {"budget_rule": "equal"}, ("labels",)),
+        ("crest", {"drop_learned": True}, ("labels", "gradients", "losses")),
+        ("augment", {"gradient": "penultimate"}, ("labels", "gradients", "embeddings")),
+        ("clipcov", {"class_name_embeddings": [[1.0, 0.0]]}, ("embeddings", "caption_embeddings")),
+    ]
+    for name, opts, want in cases:
+        assert required_inputs(name, opts) == want == create(name, **opts).required_inputs()
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        required_inputs("craig", {"lr": 1})
+    with pytest.raises(InvalidArgumentError, match="budget_rule"):
+        required_inputs("craig", {"budget_rule": "none"})
+
+
+def test_options_are_typed_frozen_dataclasses() -> None:
+    import dataclasses
+
+    from nessa.selection import options_class
+
+    opts = create("craig", budget_rule="proportional").opts
+    assert dataclasses.is_dataclass(opts) and type(opts) is options_class("craig")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.budget_rule = "equal"  # type: ignore[misc]
+    assert options_class("adacore")().budget_rule == "proportional"
+    with pytest.raises(InvalidArgumentError, match="similarity"):
+        options_class("craig")(similarity="l1")
+    assert available()["crest"]["option_specs"]["class_rule"]["choices"] == ["equal", "proportional"]
+
+
+def test_budget_rule_vocabulary_is_shared() -> None:
+    from nessa.selection.budget import BUDGET_RULES
+
+    assert BUDGET_RULES == ("global", "equal", "proportional")
+    for name in ("random", "craig"):
+        assert available()[name]["option_specs"]["budget_rule"]["choices"] == list(BUDGET_RULES)
+    labels, grads = _gradients(300, 3, 8)
+    inputs = SelectionInputs(labels=labels, gradients=grads)
+    whole = create("craig", budget_rule="global").select(SelectionInputs(gradients=grads), 30)
+    assert len(whole) == 30 and whole.extras["class_objective"].keys() == {"0"}
+    assert len(create("craig", budget_rule="global").select(inputs, 30)) == 30
+
+
+@pytest.mark.parametrize("rule", ["equal", "proportional"])
+def test_select_with_budget_rule_runs_a_fresh_selector_per_class(rule: str) -> None:
+    from nessa.selection import select_with_budget_rule
+
+    labels, grads = _gradients(600, 4, 9, labels=np.repeat([0, 1, 2, 3], [300, 150, 100, 50]))
+    inputs = SelectionInputs(labels=labels, gradients=grads)
+    got = select_with_budget_rule("adacore", inputs, 0.1, rule, seed=3, options={"backend": "numpy"})
+    k = count_from_budget(600, 0.1)
+    shares = class_budgets(labels, k, rule)
+    want_idx, want_w, objective = [], [], 0.0
+    for c in sorted(shares):  # the daemon's semantics, each class on a new instance
+        members = np.flatnonzero(labels == c)
+        sub = create("adacore", backend="numpy").select(
+            SelectionInputs(labels=labels[members], gradients=grads[members]), shares[c], 3
+        )
+        want_idx.append(members[sub.indices])
+        want_w.append(sub.weights)
+        objective += sub.objective
+    np.testing.assert_array_equal(got.indices, np.concatenate(want_idx))
+    np.testing.assert_array_equal(got.weights, np.concatenate(want_w))
+    assert got.objective == pytest.approx(objective)
+    assert got.class_counts == shares and got.extras["budget_rule"] == rule
+    made: list[int | None] = []
+
+    def factory(c: int | None) -> Selector:
+        made.append(c)
+        return create("adacore", backend="numpy")
+
+    select_with_budget_rule("adacore", inputs, 0.1, rule, seed=3, selector_for=factory)
+    assert made == [0, 1, 2, 3]  # one selector per class: no EMA state chained from class to class
+    whole = select_with_budget_rule("random", inputs, 0.1, "global", seed=1)
+    np.testing.assert_array_equal(whole.indices, create("random").select(inputs, 0.1, seed=1).indices)
+    with pytest.raises(InvalidArgumentError, match="labels"):
+        select_with_budget_rule("random", SelectionInputs(gradients=grads), 0.1, rule)
+    with pytest.raises(InvalidArgumentError, match="budget rule"):
+        select_with_budget_rule("random", inputs, 0.1, "none")
+
+
+def test_unit_weights_option() -> None:
+    labels, grads = _gradients(400, 4, 10)
+    inputs = SelectionInputs(labels=labels, gradients=grads)
+    for name in ("craig", "adacore", "crest"):
+        opts = {"minibatch_size": 16} if name == "crest" else {}
+        weighted = create(name, **opts).select(inputs, 0.1)
+        unit = create(name, unit_weights=True, **opts).select(inputs, 0.1)
+        np.testing.assert_array_equal(unit.indices, weighted.indices)
+        assert np.all(unit.weights == 1.0) and not np.all(weighted.weights == 1.0)
+        np.testing.assert_allclose(unit.extras["cluster_weights"], weighted.weights)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
-from nessa.selection import SelectionInputs, create
+from nessa.selection import SelectionInputs, Subset, create
 from nessa.selection.augment import penultimate_gradients
 from nessa.selection.budget import largest_remainder
 from nessa.selection.clipcov import clipcov_objective
@@ -591,3 +591,76 @@ def test_crest_reads_features_only_in_the_rows_it_declares() -> None:
     # drop_learned reads every loss; methods that look at every candidate declare all rows (None).
     assert create("crest", drop_learned=True).feature_rows(labels, 192, seed=2) is None
     assert create("craig").feature_rows(labels, 192, seed=2) is None
+
+
+def _notebook_loop(u, v, classes, k, update_every, deductions, threshold=0.0):  # type: ignore[no-untyped-def]
+    """``clip_core.ipynb``'s greedy written out plainly (brute-force argmax per pick), on our score terms.
+
+    Every ``update_every`` picks from class k: subtract from the class's scores the diversity penalty of the new
+    picks, Σ_{j∈S_k} raw_cross_j / |V_k| over all of the class's picks, and the label deduction (0 here: no class
+    names). raw_cross_j = Σ_{i∈V_k} sim(j, i) / |V_k| (the stand-in for the unreleased file).
+    """
+    uu, vv = _unit(u.astype(np.float64)), _unit(v.astype(np.float64))
+    m = uu @ vv.T
+    m[m <= threshold] = 0.0
+    sim = m + m.T
+    n = len(u)
+    size = np.array([np.sum(classes == classes[i]) for i in range(n)], dtype=np.float64)
+    same = classes[:, None] == classes[None, :]
+    cover = (sim * same).sum(axis=1)
+    raw_cross = cover / size
+    ids = np.unique(classes)
+    mu = {g: uu[classes == g].mean(axis=0) for g in ids}
+    mv = {g: vv[classes == g].mean(axis=0) for g in ids}
+    inter = np.array([np.mean([uu[i] @ mv[h] + vv[i] @ mu[h] for h in ids if h != classes[i]]) for i in range(n)])
+    clip = 2.0 * np.einsum("ij,ij->i", uu, vv)
+    diag = np.where(clip / 2 > threshold, clip / 2, 0.0)
+    scores = cover / size - cover / size**2 + clip - inter - diag / size
+    chosen: list[int] = []
+    taken: dict[int, list[int]] = {int(g): [] for g in ids}
+    new: dict[int, list[int]] = {int(g): [] for g in ids}
+    for _ in range(k):
+        live = scores.copy()
+        live[chosen] = -np.inf
+        j = int(np.argmax(live))
+        chosen.append(j)
+        g = int(classes[j])
+        taken[g].append(j)
+        new[g].append(j)
+        if len(new[g]) == update_every:
+            rest = np.flatnonzero(classes == g)
+            scores[rest] -= (m[np.ix_(rest, new[g])].sum(axis=1) + m[np.ix_(new[g], rest)].sum(axis=0)) / size[rest]
+            if deductions:
+                scores[rest] -= raw_cross[taken[g]].sum() / size[rest]
+            new[g] = []
+    return np.asarray(chosen)
+
+
+@pytest.mark.parametrize("deductions", [False, True])
+def test_clipcov_class_deductions_follow_the_notebook_loop(deductions: bool) -> None:
+    u, v, classes, _, _ = _planted_pairs(3)
+    inputs = SelectionInputs(embeddings=u, caption_embeddings=v, groups=classes)
+    k = len(u) // 4
+    got = create("clipcov", update_every=5, class_deductions=deductions, backend="numpy").select(inputs, k)
+    want = _notebook_loop(u, v, classes, k, 5, deductions)
+    assert got.indices.tolist() == want.tolist()
+    assert got.extras["class_deductions"] is deductions
+
+
+def test_clipcov_class_deductions_balance_the_classes() -> None:
+    """The notebook's deductions penalize a class by how much it already holds: the counts even out."""
+    u, v, classes, _, _ = _planted_pairs(4)
+    # make one class much more central (higher scores) than the others
+    favoured = classes == classes[0]
+    v = v.copy()
+    v[favoured] = 0.3 * v[favoured] + 0.7 * u[favoured]
+    inputs = SelectionInputs(embeddings=u, caption_embeddings=v, groups=classes)
+    k = len(u) // 3
+
+    def spread(s: Subset) -> int:
+        counts = list(s.extras["latent_class_counts"].values())
+        return max(counts) - min(counts)
+
+    plain = create("clipcov", update_every=5).select(inputs, k)
+    balanced = create("clipcov", update_every=5, class_deductions=True).select(inputs, k)
+    assert spread(balanced) < spread(plain)
