@@ -56,12 +56,12 @@ def method_needs_proxy(method: str, options: dict[str, Any] | None = None) -> bo
     if method == "full":
         return False
     from nessa.proxy.inputs import plan_inputs
-    from nessa.selection import available, create
+    from nessa.selection import available, required_inputs
 
     methods = available()
     if method not in methods:
         raise InvalidArgumentError(f"unknown method {method!r}; choose full or one of: {', '.join(sorted(methods))}")
-    return plan_inputs(method, create(method, **(options or {})).required_inputs()).needs_proxy
+    return plan_inputs(method, required_inputs(method, options)).needs_proxy
 
 
 def resolve_device(name: str) -> torch.device:

@@ -39,8 +39,8 @@ from nessa.metrics import (
 )
 from nessa.proxy.inputs import FROM_PROXY, plan_inputs, selector_input
 from nessa.records import Selection, Timings
-from nessa.selection.base import SelectionInputs, Selector, Subset
-from nessa.selection.budget import BUDGET_RULES, class_budgets, count_from_budget
+from nessa.selection.base import SelectionInputs, Selector
+from nessa.selection.budget import GLOBAL, check_budget_rule, count_from_budget, select_with_budget_rule
 from nessa.selection.registry import create
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
@@ -54,7 +54,7 @@ __all__ = ["GLOBAL_RULE", "SelectionParams", "SelectionService"]
 log = logging.getLogger("nessa.storage")
 
 #: Budget rule for one selector run over every candidate (the selector's own class handling applies).
-GLOBAL_RULE = "global"
+GLOBAL_RULE = GLOBAL
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,7 @@ class SelectionService:
         start = time.perf_counter()
         entry = self.catalog.get(params.dataset)
         selector = create(params.method, **params.options)
-        rule = params.budget_rule or GLOBAL_RULE
-        if rule != GLOBAL_RULE and rule not in BUDGET_RULES:
-            raise InvalidArgumentError(
-                f"unknown budget rule {rule!r}; use {GLOBAL_RULE!r} or a per-class rule: {list(BUDGET_RULES)}"
-            )
+        rule = check_budget_rule(params.budget_rule)
         if params.engine:
             EnginePool._check(params.engine)
         candidates = self._candidates(entry, params.candidates)
@@ -290,12 +286,28 @@ class SelectionService:
         cancel.check()
         t0 = time.perf_counter()
         inputs = SelectionInputs(**features)
-        if rule == GLOBAL_RULE:
-            subset = selector.select(inputs, budget, int(params.seed))
-            if states is not None:
-                states[WHOLE] = _jsonable(selector.state_dict())
-        else:
-            subset = self._per_class(params, states, inputs, budget, rule, int(params.seed), cancel)
+        used: dict[str, Selector] = {WHOLE: selector}
+
+        def selector_for(label: int | None) -> Selector:
+            part = WHOLE if label is None else str(label)
+            if part not in used:
+                used[part] = _fresh(params, states, part)
+            return used[part]
+
+        subset = select_with_budget_rule(
+            params.method,
+            inputs,
+            budget,
+            rule,
+            int(params.seed),
+            params.options,
+            selector_for=selector_for,
+            check=cancel.check,
+        )
+        if states is not None:
+            for part, instance in used.items():
+                if part != WHOLE or rule == GLOBAL_RULE:
+                    states[part] = _jsonable(instance.state_dict())
         select_s = time.perf_counter() - t0
         local = np.asarray(subset.indices, dtype=np.int64)
         indices = candidates[local]
@@ -364,51 +376,6 @@ class SelectionService:
                 full[positions] = computed
                 features[name] = full
         return features, read_s, forward_s
-
-    @staticmethod
-    def _per_class(
-        params: SelectionParams,
-        states: dict[str, Any] | None,
-        inputs: SelectionInputs,
-        budget: float | int,
-        rule: str,
-        seed: int,
-        cancel: CancelToken,
-    ) -> Subset:
-        """Run a fresh selector per class with the budget split by ``rule`` (a session's state per class)."""
-        labels = inputs.labels
-        if labels is None:  # labels are always given by the daemon
-            raise InvalidArgumentError("per-class budget rules need labels")
-        k = count_from_budget(len(labels), budget)
-        shares = class_budgets(labels, k, rule=rule)
-        idx_parts: list[np.ndarray] = []
-        w_parts: list[np.ndarray] = []
-        objective = 0.0
-        has_objective = False
-        for c in sorted(shares):
-            k_c = int(shares[c])
-            if k_c == 0:
-                continue
-            cancel.check()
-            members = np.flatnonzero(labels == c)
-            sub_inputs = SelectionInputs(
-                **{name: getattr(inputs, name)[members] for name in inputs.present()}  # type: ignore[index]
-            )
-            selector = _fresh(params, states, str(c))
-            sub = selector.select(sub_inputs, int(min(k_c, len(members))), seed)
-            if states is not None:
-                states[str(c)] = _jsonable(selector.state_dict())
-            idx_parts.append(members[np.asarray(sub.indices, dtype=np.int64)])
-            w_parts.append(np.asarray(sub.weights, dtype=np.float32))
-            if np.isfinite(sub.objective):
-                objective += float(sub.objective)
-                has_objective = True
-        return Subset(
-            indices=np.concatenate(idx_parts),
-            weights=np.concatenate(w_parts),
-            objective=objective if has_objective else float("nan"),
-            options=dict(create(params.method, **params.options).config),
-        )
 
 
 @dataclass(frozen=True)
