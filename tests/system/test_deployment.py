@@ -383,6 +383,14 @@ def test_compose_stack_as_local_processes(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{prom_port}"
         wait_for("Prometheus ready", lambda: _ok(f"{base}/-/ready"), 60, procs, "prometheus")
 
+        # Prometheus has scraped the daemon once before the trainer starts: every counter's change during the run is
+        # then between two samples (on a loaded machine the run could otherwise end before the first scrape).
+        def storage_scraped() -> bool:
+            result = prom_query(base, "/api/v1/query", query='up{job="storage"}')["result"]
+            return bool(result) and result[0]["value"][1] == "1"
+
+        wait_for("Prometheus to scrape the daemon once", storage_scraped, 60, procs, "prometheus")
+
         # trainer (after storage is healthy, as depends_on says), sending the same token the daemon requires.
         assert env_of(trainer)["NESSA_TOKEN"] == env_of(storage)["NESSA_TOKEN"] == SMALL["NESSA_TOKEN"]
         started = time.time()
