@@ -91,9 +91,7 @@ class DatasetReader:
         self._sizes = _load_vector(self.path, name, SIZES_FILE, n)
         self._checksums: np.ndarray | None = None
         if self.manifest.sample_checksum:
-            self._checksums = _load_vector(
-                self.path, name, _checksum.CHECKSUMS_FILE, n, kinds="u", dtype=np.uint64
-            )
+            self._checksums = _load_vector(self.path, name, _checksum.CHECKSUMS_FILE, n, kinds="u", dtype=np.uint64)
         else:
             import logging
 

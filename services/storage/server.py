@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
-from nessa.services.storage.proxies import ProxyStore
+from nessa.services.storage.proxies import ProxyLimits, ProxyStore
 from nessa.services.storage.selections import EnginePool, SelectionService, SelectionStore
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 
@@ -51,8 +51,18 @@ class StorageDaemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.catalog = Catalog(config.data_dir)
-        self.proxies = ProxyStore(self.catalog, config.state_path, config.max_proxy_bytes)
         self.engines = EnginePool(config.engine)
+        self.proxies = ProxyStore(
+            self.catalog,
+            config.state_path,
+            config.max_proxy_bytes,
+            limits=ProxyLimits(
+                batch_size=config.proxy_batch_size,
+                max_forward_bytes=config.max_forward_bytes,
+                max_forward_macs=config.max_forward_macs,
+            ),
+            engine=self.engines.get,
+        )
         self.selections = SelectionService(
             self.catalog,
             self.proxies,
