@@ -77,9 +77,12 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from nessa.store import verify
+    from nessa.store.verify import add_checksums
 
     status = 0
     for path in args.dest:
+        if args.add_checksums and add_checksums(path) and not args.quiet:
+            print(f"{path}: per-sample checksums added (every read is now checked)")
         report = verify(path, raise_on_error=False)
         if report.ok:
             if not args.quiet:
@@ -99,6 +102,11 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("dest", nargs="+", help="dataset directories")
     p.add_argument("--quiet", action="store_true", help="print only problems")
+    p.add_argument(
+        "--add-checksums",
+        action="store_true",
+        help="give a dataset written before per-sample checksums its checksums (after verifying it)",
+    )
 
 
 def _run_info(args: argparse.Namespace) -> int:

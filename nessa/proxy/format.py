@@ -8,7 +8,12 @@ module wraps it with typed accessors, shape inference and the checks a daemon ru
 * structure: unique names, known ops, no dangling node or tensor reference, no cycle, tensor byte lengths that
   match their shapes, finite weights, scales and normalization, attribute lengths that fit the op, and shapes that
   chain (a conv's input channels match its weight, the output is ``(num_classes,)``);
-* fit: :meth:`Proxy.validate` with a dataset's sample shape and class count.
+* fit: :meth:`Proxy.validate` with a dataset's sample shape and class count, and :func:`check_input_dtype` for its
+  sample dtype;
+* bounds: :func:`check_bounds`: every dimension, stride and padding within :class:`Limits` (a conv's padding at most
+  its kernel size), so no proxy can ask an engine for a buffer it cannot allocate;
+* cost: :func:`estimate_forward` gives the memory (the peak of the activations live at once, plus the weights as
+  float32) and the multiply-adds of a forward pass over one batch, which a daemon caps before accepting a proxy.
 
 Every failure is an :class:`~nessa.errors.InvalidArgumentError` that names the node or tensor and says what to do.
 """
@@ -32,9 +37,14 @@ __all__ = [
     "FORMAT_VERSION",
     "INPUT",
     "OPS",
+    "ForwardCost",
+    "Limits",
     "Normalization",
     "Proxy",
+    "check_bounds",
+    "check_input_dtype",
     "dumps",
+    "estimate_forward",
     "loads",
     "sample_layout",
 ]
@@ -572,3 +582,165 @@ def op_enum(name: str) -> pb.OpType:
 def dtype_enum(name: str) -> pb.DType:
     """Wire enum of a sample dtype name (``"float32"``/``"uint8"``)."""
     return _DTYPE_NAMES[name]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a proxy's graph must keep (checked by :func:`check_bounds`).
+
+    Attributes:
+        max_dim: largest size of any one dimension (input, tensors, every node's output), stride or padding.
+        max_sample_elements: largest number of elements of one node's output for one sample.
+        max_nodes: most nodes in the graph.
+        max_tensors: most weight tensors.
+    """
+
+    max_dim: int = 1 << 24
+    max_sample_elements: int = 1 << 26
+    max_nodes: int = 1024
+    max_tensors: int = 2048
+
+
+@dataclass(frozen=True)
+class ForwardCost:
+    """What one forward pass of a proxy over a batch needs (from :func:`estimate_forward`).
+
+    Attributes:
+        batch_size: samples in the batch.
+        activation_bytes: the most float32 activation bytes live at one time (input included).
+        weight_bytes: the weights as float32 (engines dequantize int8 weights).
+        macs: multiply-adds (convs, linears) plus one operation per element of the other ops.
+    """
+
+    batch_size: int
+    activation_bytes: int
+    weight_bytes: int
+    macs: int
+
+    @property
+    def memory_bytes(self) -> int:
+        """Activations plus weights."""
+        return self.activation_bytes + self.weight_bytes
+
+
+def check_bounds(proxy: Proxy, limits: Limits | None = None) -> None:
+    """Raise :class:`InvalidArgumentError` unless every size in the proxy's graph is within ``limits``.
+
+    Checked before shapes are inferred (so an absurd padding never becomes an absurd shape): node and tensor
+    counts, every tensor dimension, the input shape, every stride, kernel size and padding (a conv's or pool's
+    padding may not exceed its kernel size); then every node's output shape.
+    """
+    lim = limits or Limits()
+    msg = proxy.message
+    if len(msg.nodes) > lim.max_nodes:
+        raise InvalidArgumentError(f"proxy has {len(msg.nodes)} nodes; this daemon accepts at most {lim.max_nodes}")
+    if len(msg.tensors) > lim.max_tensors:
+        raise InvalidArgumentError(
+            f"proxy has {len(msg.tensors)} tensors; this daemon accepts at most {lim.max_tensors}"
+        )
+
+    def dims_ok(what: str, values: Sequence[int]) -> None:
+        bad = [int(v) for v in values if int(v) > lim.max_dim]
+        if bad:
+            raise InvalidArgumentError(
+                f"{what} has a size of {bad[0]}, over this daemon's limit of {lim.max_dim} per dimension; "
+                "export a smaller proxy"
+            )
+
+    dims_ok("proxy input shape", msg.input.shape)
+    for t in msg.tensors:
+        dims_ok(f"proxy tensor {_short(t.name)!r}", t.shape)
+    weights = {t.name: tuple(int(v) for v in t.shape) for t in msg.tensors}
+    for node in msg.nodes:
+        where = f"proxy node {_short(node.name)!r}"
+        for field in ("kernel_size", "stride", "padding"):
+            dims_ok(f"{where} {field}", getattr(node, field))
+        if not node.padding:
+            continue
+        kernel: Sequence[int] = list(node.kernel_size)
+        if node.op in (pb.OP_CONV1D, pb.OP_CONV2D) and node.weight in weights:
+            kernel = weights[node.weight][2:]
+        if kernel and len(kernel) == len(node.padding):
+            too_big = [(int(p), int(k)) for p, k in zip(node.padding, kernel, strict=True) if int(p) > int(k)]
+            if too_big:
+                p, k = too_big[0]
+                raise InvalidArgumentError(
+                    f"{where}: padding {p} is larger than its kernel size {k}; a padding beyond the kernel only adds "
+                    "outputs that see nothing but zeros: export the model with padding <= kernel size"
+                )
+    for name, shape in proxy.shapes().items():
+        dims_ok(f"the output of proxy node {_short(name)!r}", shape)
+        if math.prod(shape) > lim.max_sample_elements:
+            raise InvalidArgumentError(
+                f"the output of proxy node {_short(name)!r} has shape {shape} ({math.prod(shape)} elements per "
+                f"sample), over this daemon's limit of {lim.max_sample_elements}; export a smaller proxy"
+            )
+
+
+def estimate_forward(proxy: Proxy, batch_size: int) -> ForwardCost:
+    """Estimate the memory and compute of one forward pass of ``proxy`` over ``batch_size`` samples.
+
+    Memory: walking the nodes in topological order, the largest sum of the float32 activations alive at once (a
+    node's output lives until its last reader has run; the input, the logits and the embedding until the end), plus
+    every weight as float32. Compute: a conv's ``out_elements * in_channels * kernel_elements`` multiply-adds, a
+    linear's ``out * in``, a pool's ``out_elements * kernel_elements``, one per element for the other ops.
+    """
+    shapes = proxy.shapes()
+    order = proxy.order()
+    n = int(batch_size)
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(order):
+        for src in node.inputs:
+            last_use[src] = i
+    keep = {INPUT, proxy.output, proxy.embedding}
+    weights = {t.name: tuple(int(v) for v in t.shape) for t in proxy.message.tensors}
+    live = {INPUT: math.prod(shapes[INPUT])}
+    peak = sum(live.values())
+    macs = 0
+    for i, node in enumerate(order):
+        out = math.prod(shapes[node.name])
+        live[node.name] = out
+        peak = max(peak, sum(live.values()))
+        op = OPS.get(node.op, "")
+        if op in ("conv1d", "conv2d"):
+            w = weights.get(node.weight, (1, 1))
+            macs += out * math.prod(w[1:])
+        elif op == "linear":
+            w = weights.get(node.weight, (1, 1))
+            macs += out * (w[1] if len(w) > 1 else 1)
+        elif op in _POOLS:
+            macs += out * max(1, math.prod(int(k) for k in node.kernel_size))
+        else:
+            macs += math.prod(shapes[node.inputs[0]]) if node.inputs else out
+        for src in set(node.inputs):
+            if last_use.get(src) == i and src not in keep:
+                live.pop(src, None)
+    weight_bytes = sum(4 * math.prod(s) for s in weights.values())
+    return ForwardCost(batch_size=n, activation_bytes=4 * n * peak, weight_bytes=weight_bytes, macs=n * macs)
+
+
+def check_input_dtype(proxy: Proxy, dataset_dtype: str | np.dtype | None, dataset: str = "the dataset") -> None:
+    """Raise :class:`InvalidArgumentError` unless the proxy takes samples of the dataset's dtype.
+
+    A ``uint8`` proxy (it scales raw bytes) needs ``uint8`` samples; a ``float32`` proxy needs floating-point
+    samples (converted to float32). ``dataset_dtype`` ``None`` or ``""``: the dataset stores encoded bytes, which
+    no proxy reads.
+    """
+    if dataset_dtype is None or (isinstance(dataset_dtype, str) and not dataset_dtype):
+        raise InvalidArgumentError(
+            f"{dataset} stores encoded bytes, not arrays: the daemon cannot run a proxy over it; ingest the samples "
+            "as raw arrays to select with a proxy"
+        )
+    have = np.dtype(dataset_dtype)
+    want = proxy.input_dtype
+    ok = have == np.uint8 if want == np.uint8 else have.kind == "f"
+    if not ok:
+        raise InvalidArgumentError(
+            f"the proxy takes {want} samples but {dataset} stores {have}; export the proxy with normalization dtype "
+            f"{'uint8' if have == np.uint8 else 'float32'!r} (the dataset's samples as they are stored)"
+        )
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters (names in messages stay short whatever a proxy holds)."""
+    return text if len(text) <= limit else text[:limit] + "…"

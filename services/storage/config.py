@@ -1,4 +1,13 @@
-"""Configuration of the storage daemon: one frozen dataclass built from CLI flags (and ``NESSA_TOKEN``)."""
+"""Configuration of the storage daemon: one frozen dataclass built from CLI flags (and ``NESSA_TOKEN``).
+
+The bearer token: ``--token`` on a command line is visible to every user of the machine (``ps``), so prefer
+``--token-file PATH`` (the file's first line; keep it ``chmod 600``) or the ``NESSA_TOKEN`` environment variable;
+:meth:`DaemonConfig.resolve_token` reads them in that order of preference: file, flag, environment.
+
+``/metrics`` (Prometheus) answers without the token and names the datasets served (their names, sizes and
+traffic; never sample data): it listens on ``host`` like the gRPC port, so on a shared network bind the daemon to
+a private address or firewall ``metrics_port``, or turn it off (``metrics_port=None``, ``--metrics-port -1``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from pathlib import Path
 
 from nessa.errors import InvalidArgumentError
 
-__all__ = ["ENV_TOKEN", "MIB", "STATE_DIR_NAME", "DaemonConfig"]
+__all__ = ["ENV_TOKEN", "MIB", "STATE_DIR_NAME", "DaemonConfig", "read_token_file"]
 
 MIB = 1 << 20
 ENV_TOKEN = "NESSA_TOKEN"
@@ -30,7 +39,15 @@ class DaemonConfig:
         token: bearer token every call but health checks must carry; ``None`` disables the check.
         state_dir: where proxies and selections survive restarts; default ``<data_dir>/.nessa-state``.
         engine: default proxy engine (``opencl``: the near-storage path; ``torch``; ``numpy`` only when asked).
-        max_workers: gRPC handler threads; also the most RPCs in progress (more get RESOURCE_EXHAUSTED).
+        max_workers: gRPC handler threads; also the most ``nessa.v1.Storage`` RPCs in progress (more get
+            RESOURCE_EXHAUSTED). Health checks, reflection and refused calls do not count: they run on a small pool
+            of their own, and unauthenticated calls are refused before they take a slot.
+        max_streams_per_client: most streaming Storage calls (StreamSamples, PushProxy) one client may have in
+            progress; a client is its address plus the ``x-nessa-client`` metadata value if it sends one.
+        stream_idle_seconds: a streaming call whose client stops reading (or, for PushProxy, sending) for longer
+            than this is cancelled (and counted in ``nessa_stalled_streams_total``).
+        max_health_watches: most health ``Watch`` streams open at once (they hold no thread).
+        max_reflection_streams: most reflection streams at once.
         max_message_bytes: largest gRPC message sent or received.
         default_batch_bytes: sample payload per stream message when the request does not say.
         max_proxy_bytes: largest proxy accepted.
@@ -42,6 +59,8 @@ class DaemonConfig:
         max_sessions: selection sessions (session, dataset, method) whose selector state is kept (least recently
             used dropped first).
         proxy_batch_size: samples per proxy forward batch (cancellation is checked between batches).
+        max_forward_bytes: most memory one batch's proxy forward may need (checked when a proxy is pushed).
+        max_forward_macs: most multiply-adds of one batch's proxy forward (checked when a proxy is pushed).
         grace_seconds: on shutdown, how long in-flight calls may finish.
         drain_seconds: on shutdown, how long health reports NOT_SERVING before new calls are refused.
         warmup: build the OpenCL kernels before reporting SERVING.
@@ -57,6 +76,10 @@ class DaemonConfig:
     state_dir: Path | None = None
     engine: str = "opencl"
     max_workers: int = 16
+    max_streams_per_client: int = 8
+    stream_idle_seconds: float = 60.0
+    max_health_watches: int = 64
+    max_reflection_streams: int = 2
     max_message_bytes: int = 4 * MIB
     default_batch_bytes: int = 1 * MIB
     max_proxy_bytes: int = 512 * MIB
@@ -66,6 +89,8 @@ class DaemonConfig:
     max_sessions: int = 256
     cpus: str = ""
     proxy_batch_size: int = 1024
+    max_forward_bytes: int = 1 << 30
+    max_forward_macs: int = 10**12
     grace_seconds: float = 10.0
     drain_seconds: float = 1.0
     warmup: bool = True
@@ -97,12 +122,19 @@ class DaemonConfig:
             raise InvalidArgumentError(
                 f"default_batch_bytes must be in (0, {self.max_batch_bytes}] (the message limit less headroom)"
             )
+        if not self.stream_idle_seconds > 0:
+            raise InvalidArgumentError(f"stream_idle_seconds must be > 0; got {self.stream_idle_seconds}")
         for name in (
             "max_workers",
             "max_concurrent_selections",
             "proxy_batch_size",
             "max_saved_selections",
             "max_sessions",
+            "max_streams_per_client",
+            "max_health_watches",
+            "max_reflection_streams",
+            "max_forward_bytes",
+            "max_forward_macs",
         ):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -132,3 +164,30 @@ class DaemonConfig:
     def token_from_env(flag: str | None) -> str | None:
         """The token from ``--token`` if given, else from ``NESSA_TOKEN``, else ``None``."""
         return flag if flag else (os.environ.get(ENV_TOKEN) or None)
+
+    @staticmethod
+    def resolve_token(flag: str | None = None, token_file: str | Path | None = None) -> str | None:
+        """The token from ``--token-file`` if given, else ``--token``, else ``NESSA_TOKEN``, else ``None``.
+
+        Raises:
+            InvalidArgumentError: the token file is missing, unreadable or empty.
+        """
+        if token_file:
+            return read_token_file(token_file)
+        return DaemonConfig.token_from_env(flag)
+
+
+def read_token_file(path: str | Path) -> str:
+    """The bearer token in ``path``: its first line, stripped.
+
+    Raises:
+        InvalidArgumentError: the file is missing, unreadable or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"cannot read the token file {str(path)!r} ({type(exc).__name__})") from exc
+    if not token:
+        raise InvalidArgumentError(f"the token file {str(path)!r} is empty; put the token on its first line")
+    return token

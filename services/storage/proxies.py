@@ -1,10 +1,14 @@
 """Proxy uploads: assemble chunks, check size and checksum, validate against the dataset, keep the last good one.
 
 A push is accepted only whole: every chunk arrived, the SHA-256 of the assembled bytes matches the one the client
-sent, the bytes parse as a proxy (:func:`nessa.proxy.loads` checks the proxy's own checksum and structure), and the
-proxy fits the dataset (input shape, class count). Anything else is rejected with a message saying what to fix, and
-the proxy held before stays in place. Accepted proxies are also written to the state directory, so a restarted
-daemon keeps serving selections with them.
+sent, the bytes parse as a proxy (:func:`nessa.proxy.loads` checks the proxy's own checksum and structure), the proxy
+fits the dataset (input shape, class count, sample dtype), every size in its graph is bounded
+(:func:`nessa.proxy.format.check_bounds`), the memory and multiply-adds of a forward pass over one batch are under the
+daemon's caps (``RESOURCE_EXHAUSTED`` with the figure and the limit otherwise), and a *dry run* of the proxy on a few
+of the dataset's samples, with the engine selections use, gives finite outputs. Only then does it replace the proxy
+held before; anything else is rejected with a message saying what to fix, and the last good proxy stays in place.
+Accepted proxies are also written to the state directory, so a restarted daemon keeps serving selections with them
+(restored proxies get the same checks but the dry run).
 """
 
 from __future__ import annotations
@@ -15,19 +19,47 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nessa.errors import InvalidArgumentError, NessaError, ResourceExhaustedError
+import numpy as np
+
+from nessa.errors import DataCorruptionError, InvalidArgumentError, NessaError, ResourceExhaustedError
 from nessa.metrics import BYTES_RECEIVED, PROXY_VERSION
 from nessa.proxy import Proxy, loads
+from nessa.proxy.format import Limits, check_bounds, check_input_dtype, estimate_forward
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 
-__all__ = ["ProxyChunkData", "ProxyRecord", "ProxyStore", "check_proxy_fits"]
+__all__ = ["DRY_RUN_SAMPLES", "ProxyChunkData", "ProxyLimits", "ProxyRecord", "ProxyStore", "check_proxy_fits"]
 
 log = logging.getLogger("nessa.storage")
+
+#: Samples of the dataset a new proxy is run on before it is accepted.
+DRY_RUN_SAMPLES = 8
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """What a pushed proxy may cost the daemon.
+
+    Attributes:
+        batch_size: samples per forward batch the daemon runs (its ``proxy_batch_size``); the cost is per batch.
+        max_forward_bytes: most memory (activations live at once plus float32 weights) of one batch's forward.
+        max_forward_macs: most multiply-adds of one batch's forward.
+        graph: bounds on every dimension, stride and padding, and on node and tensor counts.
+    """
+
+    batch_size: int = 1024
+    max_forward_bytes: int = 1 << 30
+    max_forward_macs: int = 10**12
+    graph: Limits = field(default_factory=Limits)
+
+
+def _figure(nbytes: int) -> str:
+    return f"{nbytes / _GIB:.2f} GiB" if nbytes >= _GIB else f"{nbytes / (1 << 20):.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -68,9 +100,65 @@ class ProxyRecord:
     proxy: Proxy
 
 
-def check_proxy_fits(proxy: Proxy, entry: DatasetEntry) -> None:
-    """Raise :class:`InvalidArgumentError` unless the proxy's input shape and class count fit the dataset."""
+def check_proxy_fits(proxy: Proxy, entry: DatasetEntry, limits: ProxyLimits | None = None) -> None:
+    """Check a parsed proxy against a dataset and the daemon's limits (everything but the dry run).
+
+    Raises:
+        InvalidArgumentError: the input shape, class count or sample dtype does not fit the dataset, or a size in
+            the graph is over the bounds.
+        ResourceExhaustedError: one batch's forward would need more memory or compute than the daemon allows (the
+            message gives the figure and the limit).
+    """
+    lim = limits or ProxyLimits()
     proxy.validate_for(input_shape=entry.sample_shape, num_classes=entry.num_classes)
+    check_input_dtype(proxy, entry.dtype, f"dataset {entry.name!r}")
+    check_bounds(proxy, lim.graph)
+    cost = estimate_forward(proxy, max(1, min(lim.batch_size, len(entry))))
+    if cost.memory_bytes > lim.max_forward_bytes:
+        raise ResourceExhaustedError(
+            f"a forward pass of this proxy over one batch of {cost.batch_size} samples would need about "
+            f"{_figure(cost.memory_bytes)} of memory ({_figure(cost.activation_bytes)} of activations, "
+            f"{_figure(cost.weight_bytes)} of weights), over this daemon's limit of {_figure(lim.max_forward_bytes)}; "
+            "export a smaller proxy (fewer channels, smaller padding), or start the daemon with a larger "
+            "max_forward_bytes or a smaller proxy_batch_size"
+        )
+    if cost.macs > lim.max_forward_macs:
+        raise ResourceExhaustedError(
+            f"a forward pass of this proxy over one batch of {cost.batch_size} samples would take about "
+            f"{cost.macs:.3g} multiply-adds, over this daemon's limit of {lim.max_forward_macs:.3g}; export a smaller "
+            "proxy, or start the daemon with a larger max_forward_macs"
+        )
+
+
+def dry_run(proxy: Proxy, entry: DatasetEntry, engine: Any, samples: int = DRY_RUN_SAMPLES) -> None:
+    """Run ``proxy`` with ``engine`` on a few samples spread over the dataset; raise unless it works.
+
+    Raises:
+        InvalidArgumentError: the engine fails on the proxy, or its outputs are not finite.
+        DataCorruptionError: a sample read for the dry run is corrupt (the dataset's fault, not the proxy's).
+    """
+    n = len(entry)
+    idx = np.unique(np.linspace(0, n - 1, num=min(samples, n)).astype(np.int64))
+    x = entry.reader.read_arrays(idx)
+    try:
+        out = engine.run(proxy, x, entry.labels[idx])
+        logits = np.asarray(out.logits)
+    except DataCorruptionError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, NessaError):
+            log.warning("dataset %s: a pushed proxy failed its dry run", entry.name, exc_info=exc)
+        raise InvalidArgumentError(
+            f"the proxy failed a dry run on {len(idx)} samples of dataset {entry.name!r} "
+            f"({type(exc).__name__}: {str(exc)[:300]}); it was not accepted and the proxy held before stays: fix the "
+            "proxy (export it from a model built for this dataset)"
+        ) from exc
+    if logits.shape != (len(idx), entry.num_classes) or not np.all(np.isfinite(logits)):
+        raise InvalidArgumentError(
+            f"the proxy's dry run on {len(idx)} samples of dataset {entry.name!r} gave logits of shape "
+            f"{logits.shape} with {int(np.sum(~np.isfinite(logits)))} non-finite values; it was not accepted and the "
+            "proxy held before stays: check the model's weights and input normalization"
+        )
 
 
 class ProxyStore:
@@ -80,12 +168,23 @@ class ProxyStore:
         catalog: the datasets served (a push names one).
         state_dir: the daemon's state directory.
         max_bytes: the largest proxy accepted.
+        limits: what one proxy may cost (bounds, memory and compute per batch).
+        engine: ``engine() -> ProxyEngine`` for the dry run (the engine selections use); ``None``: no dry run.
     """
 
-    def __init__(self, catalog: Catalog, state_dir: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        state_dir: Path,
+        max_bytes: int,
+        limits: ProxyLimits | None = None,
+        engine: Any = None,
+    ) -> None:
         self.catalog = catalog
         self.dir = Path(state_dir) / "proxies"
         self.max_bytes = int(max_bytes)
+        self.limits = limits or ProxyLimits()
+        self._engine = engine
         self._records: dict[str, ProxyRecord] = {}
         self._lock = threading.Lock()
 
@@ -170,13 +269,15 @@ class ProxyStore:
             )
         data = bytes(buf)
         proxy = loads(data)
-        check_proxy_fits(proxy, entry)
+        check_proxy_fits(proxy, entry, self.limits)
         proxy_version = int(proxy.version)
         if version is not None and version != proxy_version:
             raise InvalidArgumentError(
                 f"the upload declares version {version} but the proxy inside has version {proxy_version}; "
                 "export the proxy with the version you push"
             )
+        if self._engine is not None:
+            dry_run(proxy, entry, self._engine())
         record = ProxyRecord(dataset=entry.name, version=proxy_version, sha256=actual, size=len(data), proxy=proxy)
         with self._lock:
             previous = self._records.get(entry.name)
@@ -214,7 +315,7 @@ class ProxyStore:
             try:
                 data = path.read_bytes()
                 proxy = loads(data)
-                check_proxy_fits(proxy, entry)
+                check_proxy_fits(proxy, entry, self.limits)
             except (OSError, NessaError) as exc:
                 log.warning("dataset %s: not restoring the saved proxy (%s); push a new one", entry.name, exc)
                 continue

@@ -30,7 +30,7 @@ from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
-from nessa.services.storage.proxies import ProxyStore
+from nessa.services.storage.proxies import ProxyLimits, ProxyStore
 from nessa.services.storage.rpc_metrics import RpcMetricsInterceptor
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
@@ -55,8 +55,18 @@ class StorageDaemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.catalog = Catalog(config.data_dir)
-        self.proxies = ProxyStore(self.catalog, config.state_path, config.max_proxy_bytes)
         self.engines = EnginePool(config.engine)
+        self.proxies = ProxyStore(
+            self.catalog,
+            config.state_path,
+            config.max_proxy_bytes,
+            limits=ProxyLimits(
+                batch_size=config.proxy_batch_size,
+                max_forward_bytes=config.max_forward_bytes,
+                max_forward_macs=config.max_forward_macs,
+            ),
+            engine=self.engines.get,
+        )
         self.selections = SelectionService(
             self.catalog,
             self.proxies,

@@ -105,3 +105,26 @@ def test_subprocess_ingest_and_verify(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count(": ok (2 shard(s)") == 2
+
+
+def test_verify_add_checksums_upgrades_a_dataset_written_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nessa.store import ingest_arrays
+    from nessa.store.checksum import CHECKSUMS_FILE
+
+    x = np.random.default_rng(0).integers(0, 256, (30, 16), dtype=np.uint8)
+    (dest,) = ingest_arrays(x, np.arange(30) % 3, tmp_path / "old")
+    data = json.loads((dest / "manifest.json").read_text())  # as written before per-sample checksums
+    del data["sample_checksum"]
+    del data["files"][CHECKSUMS_FILE]
+    (dest / "manifest.json").write_text(json.dumps(data))
+    (dest / CHECKSUMS_FILE).unlink()
+    with open_dataset(dest) as reader:
+        assert not reader.verified
+    assert main(["verify", "--add-checksums", str(dest)]) == 0
+    assert "per-sample checksums added" in capsys.readouterr().out
+    with open_dataset(dest) as reader:
+        assert reader.verified and reader.read([5])[0] == x[5].tobytes()
+    assert main(["verify", "--add-checksums", str(dest)]) == 0  # already there: verifies only
+    assert "added" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from daemon_helpers import TOY_DIM, TOY_N, make_toy, running
 from nessa.client import StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from nessa.metrics import STORAGE_REGISTRY
-from nessa.proxy import dumps, export
+from nessa.proxy import Normalization, dumps, export
 from nessa.store import ingest_arrays
 from nessa.trainer.models import mlp
 from nessa.v1 import storage_pb2 as pb
@@ -36,12 +37,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_toy(root, name="other.v2", n=200, shards=1)  # a dotted name: its saved proxy must not clobber "other"'s
     u8 = np.random.default_rng(2).integers(0, 255, size=(40, 3, 8, 8), dtype=np.uint8)
     ingest_arrays(u8, np.arange(40) % 4, root / "images")
+    make_toy(root, name="guarded", n=300, shards=1)  # the bad-proxy tests below
     return root
 
 
 @pytest.fixture(scope="module")
 def daemon(root: Path):  # type: ignore[no-untyped-def]
-    with running(root, max_proxy_bytes=96 << 20) as d:  # warm-up builds the OpenCL kernels
+    # warm-up builds the OpenCL kernels; the 50 MB proxy below (a 10^6-wide layer) needs ~2 GiB per forward batch
+    with running(root, max_proxy_bytes=96 << 20, max_forward_bytes=4 << 30) as d:
         yield d
 
 
@@ -221,3 +224,53 @@ def test_crest_forwards_only_its_pools_and_selects_as_on_all_features(client: St
     before = _value("nessa_proxy_forward_samples_total", engine="opencl")
     client.select("toy", "craig", 0.05, seed=5, engine="opencl")
     assert _value("nessa_proxy_forward_samples_total", engine="opencl") - before == TOY_N
+
+
+def conv_proxy(version: int, padding: int = 2, channels: int = 4, weight_scale: float | None = None) -> bytes:
+    """A conv1d proxy for the toy data ((40,) samples seen as (1, 40)); ``padding`` is set on the wire afterwards."""
+    torch.manual_seed(version)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(1, channels, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool1d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(channels, 10),
+    ).eval()
+    if weight_scale is not None:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(weight_scale)
+    proxy = export(model, torch.zeros(1, 1, 40), quantize=None if weight_scale is not None else "int8", version=version)
+    conv = next(n for n in proxy.message.nodes if n.weight and len(proxy.tensor(n.weight).shape) == 3)
+    conv.padding[:] = [padding]
+    return dumps(proxy)
+
+
+def test_proxies_that_cannot_run_are_rejected_at_push_and_the_good_one_stays(client: StorageClient, daemon) -> None:  # type: ignore[no-untyped-def]
+    good = client.push_proxy(conv_proxy(1), "guarded")
+    assert good.version == 1
+    torch.manual_seed(0)
+    uint8_input = dumps(
+        export(mlp(40, 10, (16,)).eval(), torch.zeros(1, 40), version=2, normalization=Normalization(dtype="uint8"))
+    )
+    cases = [
+        # the two proxies of issue 18: uint8 input for a float32 dataset; a conv padding of 2^31
+        (grpc.StatusCode.INVALID_ARGUMENT, r"takes uint8 samples but dataset 'guarded' stores float32", uint8_input),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            r"padding has a size of 2147483648, over this daemon.s limit",
+            conv_proxy(3, 2**31),
+        ),
+        # a 300-byte-class proxy asking for a padding of 2^18 (about 1 GiB and seconds per Select)
+        (grpc.StatusCode.INVALID_ARGUMENT, r"padding 262144 is larger than its kernel size 5", conv_proxy(4, 2**18)),
+        # passes every static check, gives infinite logits: the dry run refuses it
+        (grpc.StatusCode.INVALID_ARGUMENT, r"dry run on 8 samples .* non-finite", conv_proxy(6, weight_scale=3e38)),
+    ]  # fmt: skip
+    for code, message, data in cases:
+        got, details = push_code(daemon, chunks("guarded", data))
+        assert got == code, (message, details)
+        assert re.search(message, details), details
+        assert len(details) < 2048
+        assert client.describe("guarded").proxy_version == 1
+    sel = client.select("guarded", "craig", 0.1, proxy_version=1)
+    assert sel.proxy_version == 1 and len(sel) == 30

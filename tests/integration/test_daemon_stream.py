@@ -102,3 +102,29 @@ def test_a_stream_past_its_deadline_is_stopped(tmp_path) -> None:  # type: ignor
         with pytest.raises(grpc.RpcError) as info:
             list(it)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # not retried: a deadline is the caller's
+
+
+def test_a_flipped_byte_is_data_loss_at_stream_time_naming_shard_and_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nessa.errors import DataCorruptionError
+
+    x = np.random.default_rng(3).integers(0, 256, (40, 64), dtype=np.uint8)
+    ingest_arrays(x, np.arange(40) % 4, tmp_path / "ds", shards=2)
+    victim = 27  # in the second shard
+    path = tmp_path / "ds" / "shards" / "00001" / "data.mdb"
+    blob = bytearray(path.read_bytes())
+    at = blob.find(x[victim].tobytes())
+    assert at >= 0
+    blob[at + 5] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with running(tmp_path, warmup=False) as d:
+        client = StorageClient(d.address)
+        good = [i for b in client.stream(np.arange(20), dataset="ds") for i in b.indices.tolist()]
+        assert good == list(range(20))  # the intact shard is served
+        with pytest.raises(DataCorruptionError, match=r"shard 1.*27|27.*shard 1") as err:
+            for _ in client.stream(np.arange(40), dataset="ds", batch_size=8):
+                pass
+        assert str(tmp_path) not in str(err.value)  # no server paths in the message
+        sel = client.select("ds", "random", count=40, seed=0)  # random reads no sample: it selects
+        with pytest.raises(DataCorruptionError, match="27"):  # but the corrupt sample is never streamed
+            for _ in client.stream(sel):
+                pass
