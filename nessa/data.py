@@ -161,8 +161,8 @@ class SelectionDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank receives per epoch (all its workers together)."""
-        if self.size is None:
-            raise TypeError("the length is unknown: build SelectionDataset from a Selection, not an id")
+        if self.size is None:  # built from an id: the daemon says how large it is (one GetSelection)
+            self.size = len(self._get_client().get_selection(self.selection_id))
         return len(range(self.rank, self.size, self.world_size))
 
     def __iter__(self) -> Iterator[Any]:

@@ -21,7 +21,6 @@ RESUME_KEYS = (
     "model",
     "method",
     "fraction",
-    "epochs",
     "batch_size",
     "lr",
     "momentum",

@@ -324,8 +324,17 @@ class Trainer:
         self._setup()
         ckpt = self._restore()
         if ckpt is not None and ckpt.get("finished"):
-            self._echo(f"{cfg.method}: the checkpoint in {cfg.checkpoint_dir} is of a finished run; nothing to do")
-            return self._result()
+            done = int(ckpt["next_epoch"])
+            if done >= cfg.epochs:
+                self._echo(
+                    f"{cfg.method}: the checkpoint in {cfg.checkpoint_dir} is of a finished run ({done} epochs); "
+                    "nothing to do (give more --epochs to extend it)"
+                )
+                return self._result()
+            self._echo(
+                f"{cfg.method}: extending the finished run in {cfg.checkpoint_dir} from {done} to {cfg.epochs} epochs "
+                f"(the learning-rate schedule is now stated over {cfg.epochs})"
+            )
         start = time.perf_counter()
         self.meter.take_bytes()  # the describe calls before are setup (counted there), not evaluation
         self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device)

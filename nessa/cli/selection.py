@@ -12,6 +12,19 @@ from nessa.cli.status import add_daemon_flags, daemon_client
 __all__ = ["COMMANDS"]
 
 
+def _daemon_can_run(method: str, requires: list[str] | tuple[str, ...]) -> str:
+    """Whether a storage daemon can run ``method`` with its default options (and whether it needs a proxy)."""
+    from nessa.errors import InvalidArgumentError
+    from nessa.proxy.inputs import plan_inputs
+
+    try:
+        plan = plan_inputs(method, requires)
+    except InvalidArgumentError:
+        missing = [r for r in requires if r not in ("labels", "gradients", "losses", "embeddings")]
+        return f"no: needs {', '.join(missing)}, which a daemon cannot compute (use it as a library)"
+    return "yes, with a pushed proxy" if plan.needs_proxy else "yes, no proxy needed"
+
+
 def _run_methods(args: argparse.Namespace) -> int:
     from nessa.selection import available
 
@@ -21,6 +34,8 @@ def _run_methods(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"unknown method {unknown[0]!r}; choose one of: {', '.join(methods)}")
         methods = {m: methods[m] for m in args.method}
+    for name, info in methods.items():
+        info["daemon"] = _daemon_can_run(name, info["requires"])
     if args.json:
         print(json.dumps(methods, indent=2, default=str))
         return 0
@@ -29,6 +44,7 @@ def _run_methods(args: argparse.Namespace) -> int:
             print()
         print(f"{name}: {info['description']}")
         print(f"  needs:   {', '.join(info['requires']) or 'nothing'}")
+        print(f"  daemon:  {info['daemon']}")
         opts = info["options"]
         if opts:
             width = max(len(k) for k in opts)

@@ -254,6 +254,16 @@ def test_stop_at_accuracy_ends_the_run_after_the_first_epoch_that_reaches_it(dae
     assert [r["test_accuracy"] for r in stopped.epochs] == [r["test_accuracy"] for r in reference.epochs[: first + 1]]
 
 
+def test_a_finished_run_is_extended_with_more_epochs(daemon: StorageDaemon, tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    first = train(config_for(daemon, method="random", fraction=0.2, epochs=2, checkpoint_dir=ckpt))
+    again = train(config_for(daemon, method="random", fraction=0.2, epochs=2, checkpoint_dir=ckpt))
+    assert [r["epoch"] for r in again.epochs] == [0, 1] == [r["epoch"] for r in first.epochs]  # nothing to do
+    longer = train(config_for(daemon, method="random", fraction=0.2, epochs=4, checkpoint_dir=ckpt))
+    assert [r["epoch"] for r in longer.epochs] == [0, 1, 2, 3]
+    assert longer.epochs[:2] == first.epochs  # the first two epochs are the ones trained before
+
+
 def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="unknown method"):
         method_needs_proxy("magic")

@@ -131,6 +131,8 @@ def test_methods_lists_each_method_with_its_inputs_and_options(capsys: pytest.Ca
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == set(available())
     assert listed["craig"]["requires"] == available()["craig"]["requires"]
+    assert listed["craig"]["daemon"] == "yes, with a pushed proxy" and listed["random"]["daemon"].startswith("yes")
+    assert listed["sas"]["daemon"].startswith("no: needs groups")  # default options need latent classes
     assert main(["methods", "craig"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("craig: ") and "  needs:   labels, gradients" in out and "budget_rule" in out
