@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -31,9 +30,10 @@ from nessa.records import Selection
 from nessa.trainer.batches import SampleDecoder, TrainBatch
 from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
 from nessa.trainer.evaluate import TestSet, evaluate
-from nessa.trainer.meter import EpochState, Meter, SelectionUsed
+from nessa.trainer.meter import EpochState, Meter, SelectionUsed, metrics_run_name
 from nessa.trainer.models import build_model
 from nessa.trainer.plans import Plan, plan_for
+from nessa.trainer.progress import Console
 from nessa.trainer.report import RunResult
 from nessa.trainer.resume import Checkpoint
 from nessa.trainer.schedule import LRSchedule
@@ -68,7 +68,7 @@ class Trainer:
         self.pushed_versions: list[int] = []
         self.resumed_selection: Selection | None = None
         self.run_id = config.session or f"run-{uuid.uuid4().hex[:16]}"
-        self._bar: Any = None
+        self.console = Console(self._echo, config.progress, config.progress_desc or config.method)
         self._metrics_server: Any = None
         self._labels: np.ndarray | None = None
         self.stop_requested = False  # set when the run reached stop_at_accuracy
@@ -226,8 +226,7 @@ class Trainer:
             correct=int((logits.detach().argmax(1) == y).sum().item()),
             payload=batch.payload_bytes,
         )
-        if self._bar is not None:
-            self._bar.update(1)
+        self.console.step()
 
     def maybe_checkpoint_mid(self, state: EpochState, sel: Selection, plan_state: dict[str, Any], t0: float) -> float:
         """Checkpoint inside the epoch every ``checkpoint_every_steps``; returns the new timing segment's start."""
@@ -261,16 +260,12 @@ class Trainer:
         if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
             self.stop_requested = True
             self.say(f"{cfg.method}: reached {test_acc * 100:.2f} % >= {cfg.stop_at_accuracy * 100:.2f} %; stopping")
-        if self._bar is not None:
-            self._bar.set_postfix(acc=f"{test_acc * 100:.2f}%", loss=f"{record['train_loss']:.3f}")
+        self.console.epoch(test_acc, record["train_loss"])
         self._save(state.epoch + 1, None, keep, plan_state)
 
     def say(self, text: str) -> None:
         """Print a line (above the progress bar when there is one)."""
-        if self._bar is not None:
-            self._bar.write(text)
-        else:
-            self._echo(text)
+        self.console.say(text)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -347,15 +342,15 @@ class Trainer:
             where = f"epoch {start_epoch + 1}/{cfg.epochs}"
             where += f", after {current.position} samples" if current is not None else ", from its start"
             self._echo(f"{cfg.method}: resuming at {where} ({cfg.checkpoint_dir})")
-        self._open_bar(start_epoch, current)
+        per_epoch = self.plan.steps_per_epoch()
+        self.console.open(cfg.epochs * per_epoch, start_epoch * per_epoch + (current.step if current else 0))
         finished = False
         try:
             self.plan.run(start_epoch, current, None if ckpt is None else ckpt["plan"])
             self._save(cfg.epochs, None, None, {}, finished=True)
             finished = True
         finally:
-            if self._bar is not None:
-                self._bar.close()
+            self.console.close()
             self._stop_metrics_server(linger=cfg.metrics_linger if finished else 0.0)
         return self._result()
 
@@ -370,63 +365,11 @@ class Trainer:
         self._metrics_server.server_close()
         self._metrics_server = None
 
-    def _open_bar(self, start_epoch: int, current: EpochState | None) -> None:
-        if not self.config.progress:
-            return
-        from tqdm.auto import tqdm
-
-        per_epoch = self.plan.steps_per_epoch()
-        done = start_epoch * per_epoch + (current.step if current is not None else 0)
-        self._bar = tqdm(
-            total=self.config.epochs * per_epoch,
-            initial=done,
-            desc=self.config.progress_desc or self.config.method,
-            unit="step",
-            leave=True,
-            dynamic_ncols=True,
-            disable=None,  # only on a terminal
-        )
-
     def _result(self) -> RunResult:
         cfg = self.config
-        history = self.meter.history
-        totals = self.meter.totals
-        return RunResult(
-            method=cfg.method,
-            fraction=cfg.fraction,
-            epochs=list(history),
-            wall_seconds=sum(r["epoch_seconds"] for r in history),
-            bytes_to_trainer=sum(int(r["bytes_to_trainer"]) for r in history),
-            bytes_to_storage=sum(int(r["bytes_to_storage"]) for r in history),
-            data_wait_seconds=sum(r["data_wait_seconds"] for r in history),
-            eval_seconds=float(totals["eval_seconds"]),
-            eval_bytes=int(totals["eval_bytes"]),
-            setup_bytes=int(totals["setup_bytes"]),
-            model=cfg.model,
-            device=str(self.device),
-            options={
-                "epochs": cfg.epochs,
-                "batch_size": cfg.batch_size,
-                "lr": cfg.lr,
-                "warmup_epochs": cfg.warmup_epochs,
-                "seed": cfg.seed,
-                "reselect_every": cfg.reselect_every,
-                "pipeline": cfg.pipeline,
-                "plan": self.plan.name,
-                "session": self.run_id,
-                "placement": self.placement,
-                "method_options": dict(cfg.options),
-                "pushed_proxy_versions": list(self.pushed_versions),
-                "selections": list(self.selections),
-            },
-        )
-
-
-def metrics_run_name(config: TrainConfig) -> str:
-    """The ``run`` label of a run's series: its checkpoint directory's name, else its settings (stable on resume)."""
-    if config.checkpoint_dir:
-        return os.path.basename(os.path.normpath(config.checkpoint_dir))
-    return f"{config.dataset}-{config.method}-{config.fraction:g}-s{config.seed}"
+        run = {"plan": self.plan.name, "session": self.run_id, "placement": self.placement}
+        options = {**run, "pushed_proxy_versions": list(self.pushed_versions), "selections": list(self.selections)}
+        return self.meter.result(cfg, str(self.device), options)
 
 
 def train(

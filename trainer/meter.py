@@ -9,14 +9,16 @@ Bytes are read from the client's counters (it counts what crosses the wire, on e
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from nessa.client import StorageClient
 from nessa.metrics import TRAINER_REGISTRY, TrainerMetrics
-from nessa.trainer.report import format_bytes
+from nessa.trainer.config import TrainConfig
+from nessa.trainer.report import RunResult, format_bytes
 
-__all__ = ["EpochState", "Meter", "SelectionUsed"]
+__all__ = ["EpochState", "Meter", "SelectionUsed", "metrics_run_name"]
 
 
 @dataclass
@@ -179,3 +181,39 @@ class Meter:
             f"{wait:.2f} s{share}, {format_bytes(record['bytes_to_trainer'])} in, "
             f"{format_bytes(record['bytes_to_storage'])} out"
         )
+
+    def result(self, cfg: TrainConfig, device: str, options: dict[str, Any]) -> RunResult:
+        """The run's result: every epoch's record and the totals (``options`` adds to the run's settings)."""
+        history, totals = self.history, self.totals
+        return RunResult(
+            method=cfg.method,
+            fraction=cfg.fraction,
+            epochs=list(history),
+            wall_seconds=sum(r["epoch_seconds"] for r in history),
+            bytes_to_trainer=sum(int(r["bytes_to_trainer"]) for r in history),
+            bytes_to_storage=sum(int(r["bytes_to_storage"]) for r in history),
+            data_wait_seconds=sum(r["data_wait_seconds"] for r in history),
+            eval_seconds=float(totals["eval_seconds"]),
+            eval_bytes=int(totals["eval_bytes"]),
+            setup_bytes=int(totals["setup_bytes"]),
+            model=cfg.model,
+            device=device,
+            options={
+                "epochs": cfg.epochs,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                "warmup_epochs": cfg.warmup_epochs,
+                "seed": cfg.seed,
+                "reselect_every": cfg.reselect_every,
+                "pipeline": cfg.pipeline,
+                "method_options": dict(cfg.options),
+                **options,
+            },
+        )
+
+
+def metrics_run_name(config: TrainConfig) -> str:
+    """The ``run`` label of a run's series: its checkpoint directory's name, else its settings (stable on resume)."""
+    if config.checkpoint_dir:
+        return os.path.basename(os.path.normpath(config.checkpoint_dir))
+    return f"{config.dataset}-{config.method}-{config.fraction:g}-s{config.seed}"
