@@ -47,6 +47,7 @@ class Compose(Transform):
         self.name = name or "+".join(t.name for t in self.transforms)
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         for t in self.transforms:
             x = t.apply(x, rng)
         return x

@@ -23,13 +23,14 @@ class PadCrop(Transform):
         self.padding = padding
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n, _, h, w = x.shape
         p = self.padding
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        dy = rng.integers(0, 2 * p + 1, size=n)
-        dx = rng.integers(0, 2 * p + 1, size=n)
-        return np.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        padded: np.ndarray = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        dy = np.asarray(rng.integers(0, 2 * p + 1, size=n))
+        dx = np.asarray(rng.integers(0, 2 * p + 1, size=n))
+        return np.stack([padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w] for i in range(n)])
 
 
 class Rotate(Transform):
@@ -41,6 +42,7 @@ class Rotate(Transform):
         self.max_degrees = max_degrees
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n, c, h, w = x.shape
         theta = np.deg2rad(rng.uniform(-self.max_degrees, self.max_degrees, size=n))
@@ -53,7 +55,12 @@ class Rotate(Transform):
             y0, x0 = np.floor(sy).astype(np.int64), np.floor(sx).astype(np.int64)
             fy, fx = (sy - y0).astype(np.float32), (sx - x0).astype(np.float32)
             acc = np.zeros((c, h, w), dtype=np.float32)
-            for oy, ox, wt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+            for oy, ox, wt in (
+                (0, 0, (1 - fy) * (1 - fx)),
+                (0, 1, (1 - fy) * fx),
+                (1, 0, fy * (1 - fx)),
+                (1, 1, fy * fx),
+            ):
                 yi, xi = y0 + oy, x0 + ox
                 ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
                 acc += np.where(ok, x[i][:, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], 0.0) * wt
@@ -70,6 +77,7 @@ class BrightnessContrast(Transform):
         self.brightness, self.contrast = brightness, contrast
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n = x.shape[0]
         b = rng.uniform(-self.brightness, self.brightness, size=(n, 1, 1, 1)).astype(np.float32)

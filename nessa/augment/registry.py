@@ -33,7 +33,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _cls in (CropStretch, CircularShift, AmplitudeScale, TrendShear, GaussianNoise, PadCrop, Rotate, BrightnessContrast):
+for _cls in (
+    CropStretch,
+    CircularShift,
+    AmplitudeScale,
+    TrendShear,
+    GaussianNoise,
+    PadCrop,
+    Rotate,
+    BrightnessContrast,
+):
     register(_cls.name, _cls)
 
 register(

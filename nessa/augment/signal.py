@@ -28,10 +28,11 @@ class CropStretch(Transform):
         self.min_scale = min_scale
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n, length = x.shape
-        scale = rng.uniform(self.min_scale, 1.0, size=n)
-        start = rng.uniform(0.0, 1.0, size=n) * (1.0 - scale) * (length - 1)
+        scale = np.asarray(rng.uniform(self.min_scale, 1.0, size=n))
+        start = np.asarray(rng.uniform(0.0, 1.0, size=n) * (1.0 - scale) * (length - 1))
         grid = np.linspace(0.0, 1.0, length)
         pos = start[:, None] + grid[None, :] * scale[:, None] * (length - 1)
         lo = np.clip(np.floor(pos).astype(np.int64), 0, length - 1)
@@ -50,9 +51,10 @@ class CircularShift(Transform):
         self.max_shift = max_shift
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n, length = x.shape
-        shift = rng.integers(-self.max_shift, self.max_shift + 1, size=n)
+        shift = np.asarray(rng.integers(-self.max_shift, self.max_shift + 1, size=n))
         idx = (np.arange(length)[None, :] - shift[:, None]) % length
         return x[np.arange(n)[:, None], idx]
 
@@ -66,6 +68,7 @@ class AmplitudeScale(Transform):
         self.low, self.high = low, high
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         return (x * rng.uniform(self.low, self.high, size=(x.shape[0], 1))).astype(np.float32)
 
@@ -79,6 +82,7 @@ class TrendShear(Transform):
         self.max_slope = max_slope
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         ramp = np.linspace(-0.5, 0.5, x.shape[1], dtype=np.float32)
         slope = rng.uniform(-self.max_slope, self.max_slope, size=(x.shape[0], 1)).astype(np.float32)
@@ -98,6 +102,7 @@ class GaussianNoise(Transform):
         self.corr_std, self.iid_std, self.corr_width = corr_std, iid_std, corr_width
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment the batch ``x`` with randomness from ``rng``."""
         _check(x)
         n, length = x.shape
         sd = x.std(axis=1, keepdims=True) + 1e-6
