@@ -88,6 +88,30 @@ class DemoConfig:
     torch_threads: int = 1
     place: bool = True
 
+    def train_config(self, method: str, target: str, cpus: str = "") -> TrainConfig:
+        """The ``nessa train`` settings of ``method``'s run (against the daemon at ``target``, pinned to ``cpus``)."""
+        return TrainConfig(
+            target=target,
+            dataset=DATASET,
+            test_dataset=TEST_DATASET,
+            model="cnn1d",
+            method=method,
+            fraction=self.fraction,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_epochs=self.warmup_epochs,
+            seed=self.seed,
+            device=self.device,
+            pipeline=self.pipeline,
+            reselect_every=self.reselect_every,
+            options=dict(self.method_options.get(method, {})),
+            progress=self.progress,
+            torch_threads=0 if cpus else self.torch_threads,
+            cpus=cpus,
+            progress_desc=method if method == "full" else f"{method} {self.fraction * 100:g}%",
+        )
+
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.num_samples < 100:
@@ -238,27 +262,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus) as address:
             echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine})")
             for method in cfg.methods:
-                run_cfg = TrainConfig(
-                    target=address,
-                    dataset=DATASET,
-                    test_dataset=TEST_DATASET,
-                    model="cnn1d",
-                    method=method,
-                    fraction=cfg.fraction,
-                    epochs=cfg.epochs,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.lr,
-                    warmup_epochs=cfg.warmup_epochs,
-                    seed=cfg.seed,
-                    device=cfg.device,
-                    pipeline=cfg.pipeline,
-                    reselect_every=cfg.reselect_every,
-                    options=dict(cfg.method_options.get(method, {})),
-                    progress=cfg.progress,
-                    torch_threads=0 if trainer_cpus else cfg.torch_threads,
-                    cpus=trainer_cpus,
-                    progress_desc=method if method == "full" else f"{method} {cfg.fraction * 100:g}%",
-                )
+                run_cfg = cfg.train_config(method, address, trainer_cpus)
                 results.append(train(run_cfg, echo=echo if not cfg.progress else (lambda _s: None)))
     finally:
         if tmp is not None:

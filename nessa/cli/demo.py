@@ -38,27 +38,12 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 def check_demo(cfg: DemoConfig) -> None:
     """Raise the error each run of ``cfg`` (a ``DemoConfig``) would raise, before anything runs."""
-    from nessa.trainer.config import TrainConfig, method_needs_proxy, resolve_device
-    from nessa.trainer.demo import DATASET, TEST_DATASET
+    from nessa.trainer.config import method_needs_proxy, resolve_device
 
     resolve_device(cfg.device)
     for method in cfg.methods:
         method_needs_proxy(method)  # unknown methods fail here
-        TrainConfig(
-            target="127.0.0.1:0",
-            dataset=DATASET,
-            test_dataset=TEST_DATASET,
-            model="cnn1d",
-            method=method,
-            fraction=cfg.fraction,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            warmup_epochs=cfg.warmup_epochs,
-            seed=cfg.seed,
-            reselect_every=cfg.reselect_every,
-            torch_threads=cfg.torch_threads,
-        )
+        cfg.train_config(method, "127.0.0.1:0")  # validates the run
 
 
 def _run(args: argparse.Namespace) -> int:

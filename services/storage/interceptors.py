@@ -38,7 +38,9 @@ def _rpc_name(method: str) -> str:
     return method.rsplit("/", 1)[-1] or method
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour]) -> grpc.RpcMethodHandler:
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour]
+) -> grpc.RpcMethodHandler:
     """A handler of the same kind whose behaviour is ``wrap(behaviour, response_streaming)``."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -86,7 +88,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return unary_behaviour
 
-        return _rewrap(handler, wrap)
+        return rewrap_handler(handler, wrap)
 
 
 def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
@@ -157,4 +159,4 @@ class TokenInterceptor(grpc.ServerInterceptor):
                 return refuse_stream
             return refuse
 
-        return _rewrap(handler, wrap)
+        return rewrap_handler(handler, wrap)

@@ -25,6 +25,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from nessa.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
+from nessa.services.storage.interceptors import rewrap_handler
 from nessa.v1 import storage_pb2
 
 __all__ = ["RpcMetricsInterceptor"]
@@ -131,14 +132,4 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
 
             return unary_behaviour
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **kwargs)
+        return rewrap_handler(handler, wrap)
