@@ -95,7 +95,9 @@ class TrainConfig:
         warmup_epochs: linear warm-up length in epochs.
         seed: seeds the model's initialisation, the selections and the per-epoch order.
         reselect_every: select every this many epochs and train on the same selection in between (1: every
-            epoch, as CRAIG's code does; its paper also uses 5). Not used by ``crest``, which has its own trigger.
+            epoch, as CRAIG's code does by default; its ``--lag``). 0 (auto): as often as the selection can be
+            hidden behind training (the measured selection seconds over an epoch's training seconds). Not used by
+            ``crest``, which has its own trigger.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
         checkpoint_dir: where to checkpoint (and resume from); ``None``: no checkpoints.
@@ -194,11 +196,10 @@ class TrainConfig:
             "prefetch_batches",
             "crest_batch_num_mul",
             "crest_check_size",
-            "reselect_every",
         ):
             if int(getattr(self, name)) < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        for name in ("checkpoint_every_steps", "stream_batch_size", "torch_threads"):
+        for name in ("checkpoint_every_steps", "stream_batch_size", "torch_threads", "reselect_every"):
             if int(getattr(self, name)) < 0:
                 raise InvalidArgumentError(f"{name} must be >= 0; got {getattr(self, name)!r}")
         if self.seed < 0:

@@ -80,6 +80,12 @@ class SelectionPipeline(Generic[R]):
         with self._lock:
             return epoch in self._pending
 
+    def ready(self, epoch: int) -> bool:
+        """Whether ``epoch``'s job has finished (its result can be taken without waiting)."""
+        with self._lock:
+            entry = self._pending.get(epoch)
+        return entry is not None and entry[1].done()
+
     def pending_jobs(self) -> list[SelectionJob]:
         """Jobs submitted and not yet taken, in epoch order (for a checkpoint)."""
         with self._lock:

@@ -112,6 +112,24 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
     assert _metric("nessa_trainer_loss", split="train", **run) == pytest.approx(result.epochs[-1]["train_loss"])
 
 
+def test_auto_reselect_interval_trains_each_selection_until_the_next_is_ready(daemon: StorageDaemon) -> None:
+    trainer = RecordingTrainer(config_for(daemon, method="craig", fraction=0.2, epochs=6, reselect_every=0))
+    result = trainer.run()
+    chosen = sorted(trainer.results)  # the epochs that took a new selection
+    assert chosen[0] == 0 and len(chosen) >= 2
+    held = None
+    for rec in result.epochs:
+        e = rec["epoch"]
+        held = trainer.results.get(e, held)
+        assert held is not None and rec["selection_id"] == held.id
+        trained = np.concatenate([b.indices for b in trainer.batches[e]])
+        assert sorted(trained.tolist()) == sorted(held.indices.tolist())
+    # each selection's proxy is of an epoch before the one that first trained on it (pipelined, requested ahead)
+    for e in chosen[1:]:
+        assert trainer.results[e].proxy_version < e
+    assert result.options["pushed_proxy_versions"] == sorted(set(result.options["pushed_proxy_versions"]))
+
+
 def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) -> None:
     trainer = RecordingTrainer(config_for(daemon, method="craig", fraction=0.1, epochs=2, pipeline=False, seed=7))
     result = trainer.run()
@@ -197,7 +215,9 @@ def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
     never = train(config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=1e9, crest_warmup=0))
     assert len(never.options["selections"]) == 1
     assert [r["reselections"] for r in never.epochs] == [1, 0] and all(r["drift_checks"] >= 1 for r in never.epochs)
-    result = train(config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01, crest_warmup=0))
+    result = train(
+        config_for(daemon, method="crest", fraction=0.2, epochs=2, crest_tau=0.01, crest_warmup=0, pipeline=False)
+    )
     steps = math.ceil(0.2 * 2400 / 64)
     assert [r["steps"] for r in result.epochs] == [steps, steps]
     sels = result.options["selections"]
@@ -208,6 +228,23 @@ def test_crest_reselects_on_its_drift_trigger(daemon: StorageDaemon) -> None:
     # each selection used the proxy pushed just before it (versioned by the global step)
     assert [s["proxy_version"] for s in sels] == result.options["pushed_proxy_versions"]
     assert sels[0]["proxy_version"] == 0 and all(s["size"] % 64 == 0 for s in sels)
+    assert result.final_accuracy > 0.15
+
+
+def test_pipelined_crest_keeps_training_while_the_next_coresets_are_selected(daemon: StorageDaemon) -> None:
+    steps = math.ceil(0.2 * 2400 / 64)
+    result = train(config_for(daemon, method="crest", fraction=0.2, epochs=6, crest_tau=0.01, crest_warmup=0))
+    assert [r["steps"] for r in result.epochs] == [steps] * 6
+    sels = result.options["selections"]
+    pushed = result.options["pushed_proxy_versions"]
+    # every selection trained on was requested (and its proxy pushed) at or before the step it was first used at;
+    # at most the last request was still in flight when the run ended
+    assert [s["proxy_version"] for s in sels] == pushed[: len(sels)] and len(pushed) - len(sels) <= 1
+    for s in sels:
+        used_at = s["epoch"] * steps + s["step"]
+        assert s["requested_step"] == s["proxy_version"] <= used_at
+    assert sels[0]["requested_step"] == 0 and sels[0]["step"] == 0
+    assert sum(r["reselections"] for r in result.epochs) == len(sels)
     assert result.final_accuracy > 0.15
 
 

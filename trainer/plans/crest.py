@@ -7,9 +7,15 @@ streamed like any other). At a selection point the plan pushes a proxy and asks 
 cycling from memory), and every ``T1`` steps checks CREST's quadratic model (:class:`~nessa.trainer.drift.
 DriftMonitor`) on a check set V_r of random training samples (streamed once per run); when ρ > τ it reselects.
 The quadratic model is fitted on the selection's first coreset (the CREST code averages over the ``P`` coresets;
-the others are fetched only when trained on, so a reselection after a few steps wastes no bytes). Selections are
-not pipelined (the trigger decides when to select), so their time is data wait; proxies are versioned by the
-global step.
+the others are fetched only when trained on, so a reselection after a few steps wastes no bytes). Proxies are
+versioned by the global step.
+
+Pipelined (``pipeline=True``, the default; NeSSA's departure from the code, which stops training while it
+selects): when the trigger fires, the plan exports the model as it is, and the push and the selection run on a
+background thread while training goes on cycling the current coresets; the new coresets replace them at the first
+step after they arrive (no drift checks while a request is in flight). The first selection, which has no coresets
+to cycle, is waited for. Each selection's log line keeps ``requested_step`` beside ``step`` (when it was first
+trained on): the staleness the pipelining costs. ``pipeline=False`` waits for every selection, as the code does.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from nessa.trainer.batches import TrainBatch
 from nessa.trainer.drift import DriftMonitor
 from nessa.trainer.meter import EpochState
 from nessa.trainer.plans.base import Plan
+from nessa.trainer.selecting import SelectionJob, SelectionPipeline
 
 __all__ = ["CrestPlan"]
 
@@ -50,6 +57,8 @@ class CrestPlan(Plan):
             seed=cfg.seed,
         )
         self.num_minibatches = int(cfg.crest_batch_num_mul)
+        self.pipeline: SelectionPipeline[Selection] = SelectionPipeline(self.fetch)
+        self._counts: dict[int, int] = {}  # coresets asked for, by request
 
     def state_dict(self) -> dict[str, Any]:
         """The drift monitor and the current number of coresets per selection."""
@@ -66,6 +75,7 @@ class CrestPlan(Plan):
         cycle: _Cycle | None = None
         check: tuple[torch.Tensor, torch.Tensor] | None = None
         interval, since = 1, 0
+        pending: int | None = None  # the global step of a selection requested and not yet trained on
         warm_steps = min(round(cfg.crest_warmup * steps_per_epoch), -(-t.info.num_samples // cfg.batch_size))
         warm: tuple[Selection, Prefetch[TrainBatch]] | None = None
         try:
@@ -88,26 +98,32 @@ class CrestPlan(Plan):
                         continue
                     if warm is not None:
                         warm[1].close()
-                    if reselect or cycle is None:
-                        if cycle is not None:
-                            cycle.close()
-                        started = time.perf_counter()
+                    if (reselect or cycle is None) and pending is None:
                         if check is None:
                             check = self.check_set()
-                        cycle = self.select(epoch, state)
+                        pending = self.request(epoch, state)
+                        reselect = False
+                    if pending is not None and (cycle is None or not cfg.pipeline or self.pipeline.ready(pending)):
+                        started = time.perf_counter()
+                        sel, _ = self.pipeline.result(pending)
+                        if cycle is not None:
+                            cycle.close()
+                        cycle = self.use(epoch, state, sel, pending)
+                        pending = None
                         batch, _ = cycle.next()
                         d = t.device
                         self.monitor.reset(batch.x.to(d), batch.y.to(d), batch.w.to(d), check[0], check[1])
                         interval, self.num_minibatches = self.monitor.adapt(steps_per_epoch)
                         t.meter.wait(state, time.perf_counter() - started, selection=True)
                         state.reselections += 1
-                        since, reselect = 0, False
+                        since = 0
                     else:
+                        assert cycle is not None
                         batch, waited = cycle.next()
                         t.meter.wait(state, waited)
                     t.train_step(batch, state, steps_per_epoch)
                     since += 1
-                    if since % interval == 0:
+                    if since % interval == 0 and pending is None:
                         result = self.monitor.check()
                         state.checks += 1
                         state.rho_sum += result.rho if math.isfinite(result.rho) else 0.0
@@ -124,6 +140,7 @@ class CrestPlan(Plan):
                 }
                 t.end_epoch(state, trained_on, self.state_dict(), extra=extra)
         finally:
+            self.pipeline.close()
             if cycle is not None:
                 cycle.close()
             if warm is not None:
@@ -159,22 +176,40 @@ class CrestPlan(Plan):
                 ys.append(tb.y)
         return torch.cat(xs).to(t.device), torch.cat(ys).to(t.device)
 
-    def select(self, epoch: int, state: EpochState) -> _Cycle:
-        """Push a proxy and ask for ``num_minibatches`` mini-batch coresets of ``batch_size`` samples."""
+    def request(self, epoch: int, state: EpochState) -> int:
+        """Export the model as it is now and ask for ``num_minibatches`` coresets of ``batch_size`` samples.
+
+        The push and the selection run on the pipeline's thread; returns the request's key, the global step (also
+        the proxy version).
+        """
+        t = self.trainer
+        global_step = epoch * self.steps_per_epoch() + state.step
+        job = SelectionJob(epoch=global_step, proxy=t.export_proxy(global_step), proxy_version=global_step)
+        self._counts[global_step] = self.num_minibatches
+        self.pipeline.submit(job)
+        return global_step
+
+    def fetch(self, job: SelectionJob) -> Selection:
+        """Push the job's proxy and select (on the pipeline's thread)."""
         t = self.trainer
         cfg = t.config
-        global_step = epoch * self.steps_per_epoch() + state.step
-        t.push_proxy(t.export_proxy(global_step))
-        sel = t.select(
+        assert job.proxy is not None
+        t.push_proxy(job.proxy)
+        return t.select(
             method="crest",
-            count=min(t.info.num_samples, self.num_minibatches * cfg.batch_size),
-            seed=epoch_seed(cfg.seed, global_step),
-            proxy_version=global_step,
+            count=min(t.info.num_samples, self._counts.pop(job.epoch) * cfg.batch_size),
+            seed=epoch_seed(cfg.seed, job.epoch),
+            proxy_version=job.proxy_version,
             options={**cfg.options, "minibatch_size": cfg.batch_size},
         )
+
+    def use(self, epoch: int, state: EpochState, sel: Selection, requested: int) -> _Cycle:
+        """Start training on a selection requested at global step ``requested``."""
+        t = self.trainer
         t.log_selection(epoch, sel, step=state.step)
+        t.selections[-1]["requested_step"] = requested
         state.selected_bytes += sel.selected_bytes
-        return _Cycle(t, sel, seed=epoch_seed(cfg.seed, global_step))
+        return _Cycle(t, sel, seed=epoch_seed(t.config.seed, requested))
 
 
 class _Cycle:

@@ -1,14 +1,19 @@
-"""Select, then train: a weighted subset every ``reselect_every`` epochs, requested one epoch ahead.
+"""Select, then train: a weighted subset every ``reselect_every`` epochs (0: auto), each requested just in time.
 
-With pipelining (default) the selection for epoch ``e + 1`` is requested at the start of epoch ``e`` with the proxy
-of the model as it stands then (the end of epoch ``e − 1``), so the daemon selects while epoch ``e`` trains; epoch
-0's and 1's selections both use the initial model's proxy (pushed once). Without pipelining, epoch ``e`` waits for
-a selection made with the end of epoch ``e − 1``. Each selection is seeded by ``epoch_seed(seed, e)`` and streamed
-in that epoch's order.
+With pipelining (default) the selection for the next selecting epoch ``s`` is requested at the start of epoch
+``s − lead`` with the proxy of the model as it stands then, where ``lead`` (>= 1) is the number of epochs the last
+selection job took (its measured seconds over the last epoch's training seconds, with a margin): the freshest proxy
+whose selection is still ready in time. With ``reselect_every=1`` and a selection cheaper than an epoch this is
+"request epoch ``e + 1``'s selection at the start of epoch ``e``"; epoch 0's and 1's selections both use the initial
+model's proxy (pushed once). ``reselect_every=0`` (auto) also sets the interval to that lead, CRAIG's ``--lag``
+chosen from measurements, so selection never stalls training. Without pipelining, a selecting epoch waits for a
+selection made with the model at its start. Each selection is seeded by ``epoch_seed(seed, e)`` and streamed in
+each epoch's order.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -19,7 +24,10 @@ from nessa.trainer.meter import EpochState
 from nessa.trainer.plans.base import Plan
 from nessa.trainer.selecting import SelectionJob, SelectionPipeline
 
-__all__ = ["EpochPlan", "FullPlan"]
+__all__ = ["LEAD_MARGIN", "EpochPlan", "FullPlan"]
+
+#: A selection is requested this much earlier than its measured time needs (the daemon also serves streams).
+LEAD_MARGIN = 1.25
 
 
 class EpochPlan(Plan):
@@ -30,10 +38,22 @@ class EpochPlan(Plan):
     def __init__(self, trainer: Any) -> None:
         super().__init__(trainer)
         self.pipeline: SelectionPipeline[Selection] = SelectionPipeline(self.fetch)
+        self.next_select = 0
+        self._epoch_seconds = 0.0  # training seconds of the last epoch (waits excluded)
+        self._job_seconds = 0.0  # seconds of the last selection job (push + select)
 
     def state_dict(self) -> dict[str, Any]:
-        """The selection jobs requested and not yet trained on (with their proxies)."""
-        return {"jobs": [job.to_state() for job in self.pipeline.pending_jobs()]}
+        """The plan's resumable state.
+
+        The selection jobs requested and not yet trained on (with their proxies), the next selecting epoch and the
+        timings the lead is computed from.
+        """
+        return {
+            "jobs": [job.to_state() for job in self.pipeline.pending_jobs()],
+            "next_select": self.next_select,
+            "epoch_seconds": self._epoch_seconds,
+            "job_seconds": self._job_seconds,
+        }
 
     def job(self, epoch: int, version: int, last: SelectionJob | None) -> SelectionJob:
         """The job for ``epoch``'s selection, with a proxy of ``version`` when the method needs one."""
@@ -48,25 +68,31 @@ class EpochPlan(Plan):
         """Push the job's proxy if asked, then select (on the pipeline's thread)."""
         t = self.trainer
         cfg = t.config
+        started = time.perf_counter()
         if job.proxy is not None and job.push:
             t.push_proxy(job.proxy)
-        return t.select(
+        sel = t.select(
             method=cfg.method,
             fraction=cfg.fraction,
             seed=epoch_seed(cfg.seed, job.epoch),
             proxy_version=job.proxy_version,
         )
+        self._job_seconds = time.perf_counter() - started
+        return sel
 
     def run(self, start_epoch: int, current: EpochState | None, saved: dict[str, Any] | None) -> None:
         """Train epochs ``start_epoch ..``."""
         t = self.trainer
         cfg = t.config
-        every = cfg.reselect_every
+        saved = saved or {}
         held: Selection | None = t.resumed_selection  # the selection being trained on (kept between reselections)
         resume_mid = held is not None and current is not None
+        self._epoch_seconds = float(saved.get("epoch_seconds", 0.0))
+        self._job_seconds = float(saved.get("job_seconds", 0.0))
+        next_select = int(saved["next_select"]) if "next_select" in saved else self._first_select(start_epoch, held)
         last_job: SelectionJob | None = None
         try:
-            for state in (saved or {}).get("jobs", []):
+            for state in saved.get("jobs", []):
                 last_job = SelectionJob.from_state(state)
                 self.pipeline.submit(last_job)
             for epoch in range(start_epoch, cfg.epochs):
@@ -75,28 +101,55 @@ class EpochPlan(Plan):
                 state = current if current is not None and current.epoch == epoch else EpochState(epoch=epoch)
                 current = None
                 t0 = time.perf_counter()
-                selects = epoch % every == 0 and not resume_mid
+                selects = epoch >= next_select and not resume_mid
                 resume_mid = False
-                if selects and not self.pipeline.submitted(epoch):
-                    last_job = self.job(epoch, epoch, last_job)
-                    self.pipeline.submit(last_job)
-                nxt = epoch + 1
-                if cfg.pipeline and nxt < cfg.epochs and nxt % every == 0 and not self.pipeline.submitted(nxt):
-                    last_job = self.job(nxt, epoch, last_job)
-                    self.pipeline.submit(last_job)
                 if selects:
+                    if not self.pipeline.submitted(epoch):
+                        last_job = self.job(epoch, epoch, last_job)
+                        self.pipeline.submit(last_job)
                     held, waited = self.pipeline.result(epoch)
                     t.meter.wait(state, waited, selection=True)
                     t.log_selection(epoch, held)
+                    next_select = epoch + self.lag()
+                self.next_select = next_select
+                if cfg.pipeline and next_select < cfg.epochs and not self.pipeline.submitted(next_select):
+                    if next_select - epoch <= self.lead():
+                        last_job = self.job(next_select, epoch, last_job)
+                        self.pipeline.submit(last_job)
                 if held is None:
                     raise FailedPreconditionError(f"no selection to train epoch {epoch} on; start the run over")
                 state.selected_bytes = held.selected_bytes
                 state.subset_size = len(held)
                 state.seconds += time.perf_counter() - t0
                 self.train_selection(epoch, held, state)
-                t.end_epoch(state, held, self.state_dict(), keep=held if every > 1 else None)
+                self._epoch_seconds = max(0.0, state.seconds - state.data_wait)
+                keep = held if epoch + 1 < next_select else None
+                t.end_epoch(state, held, self.state_dict(), keep=keep)
         finally:
             self.pipeline.close()
+
+    def _first_select(self, start_epoch: int, held: Selection | None) -> int:
+        """The first selecting epoch of a run started (or resumed from an older checkpoint) at ``start_epoch``."""
+        every = self.trainer.config.reselect_every
+        if held is None or every <= 1:
+            return start_epoch
+        return start_epoch + (-start_epoch) % every
+
+    def lag(self) -> int:
+        """Epochs a selection is trained on: ``reselect_every``, or with 0 (auto) as many as it takes to make one.
+
+        Auto is CRAIG's ``--lag`` chosen from measurements: the last selection job's seconds (push + select, as the
+        pipeline's thread saw them) over the last epoch's training seconds, so the next selection is hidden behind
+        training; 1 until both are known.
+        """
+        every = self.trainer.config.reselect_every
+        return every if every >= 1 else self.lead()
+
+    def lead(self) -> int:
+        """Epochs ahead a selection must be requested to be ready in time (>= 1; 1 until measured)."""
+        if self._epoch_seconds <= 0 or self._job_seconds <= 0:
+            return 1
+        return max(1, math.ceil(LEAD_MARGIN * self._job_seconds / self._epoch_seconds))
 
     def train_selection(self, epoch: int, sel: Selection, state: EpochState) -> None:
         """Stream ``sel`` in epoch ``epoch``'s order (after ``state.position`` samples) and train on it."""
