@@ -112,6 +112,7 @@ class CrestPlan(Plan):
                         pending = None
                         batch, _ = cycle.next()
                         d = t.device
+                        assert check is not None  # drawn before the first request
                         self.monitor.reset(batch.x.to(d), batch.y.to(d), batch.w.to(d), check[0], check[1])
                         interval, self.num_minibatches = self.monitor.adapt(steps_per_epoch)
                         t.meter.wait(state, time.perf_counter() - started, selection=True)
