@@ -12,6 +12,7 @@ node and a GPU node would; with one, selection and training compete for it, and 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -31,7 +32,17 @@ from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.placement import format_cpus, split_cpus
 from nessa.trainer.config import TrainConfig
 from nessa.trainer.loop import train
-from nessa.trainer.report import RunResult, build_report, format_table, plot_report, write_report
+from nessa.trainer.protocol import (
+    TARGET_MARGINS,
+    findings,
+    format_protocol,
+    plot_protocol,
+    run_facts,
+    summarize,
+    target_name,
+    targets_from,
+)
+from nessa.trainer.report import RunResult, write_report
 
 __all__ = ["DEFAULT_METHODS", "QUICK", "DemoConfig", "print_report", "run_demo", "start_daemon"]
 
@@ -55,11 +66,14 @@ class DemoConfig:
         batch_size: samples per step.
         lr: peak learning rate.
         warmup_epochs: linear warm-up.
-        seed: seed of data generation, initialisation, selection and order.
+        seed: seed of data generation and of the first run (initialisation, selection and order).
+        seeds: runs per method, with seeds ``seed .. seed + seeds - 1`` (the tables show medians with min–max).
+        equal_epochs: also run every method for ``epochs`` epochs and show that table beside the time-to-target one.
         device: torch device (``auto``, ``cpu``, ``cuda``).
         engine: the daemon's proxy engine (``opencl``: the near-storage path on PoCL; ``torch``).
         pipeline: pipeline selections behind training.
-        reselect_every: selection methods other than CREST select every this many epochs (1: every epoch).
+        reselect_every: selection methods other than CREST select every this many epochs (1: every epoch; 0: as
+            often as the selection can be hidden behind training, CRAIG's ``--lag`` from measurements).
         data_dir: use (and keep) this data directory instead of a temporary one; datasets already there are reused.
         progress: show progress bars.
         method_options: per-method selector options.
@@ -78,18 +92,28 @@ class DemoConfig:
     lr: float = 0.1
     warmup_epochs: float = 1.0
     seed: int = 0
+    seeds: int = 3
+    equal_epochs: bool = True
     device: str = "auto"
     engine: str = "opencl"
     pipeline: bool = True
-    reselect_every: int = 1
+    reselect_every: int = 0
     data_dir: Path | None = None
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     torch_threads: int = 1
     place: bool = True
 
-    def train_config(self, method: str, target: str, cpus: str = "") -> TrainConfig:
-        """The ``nessa train`` settings of ``method``'s run (against the daemon at ``target``, pinned to ``cpus``)."""
+    def train_config(
+        self, method: str, target: str, cpus: str = "", seed: int | None = None, stop_at: float | None = None
+    ) -> TrainConfig:
+        """The ``nessa train`` settings of ``method``'s run (against the daemon at ``target``, pinned to ``cpus``).
+
+        With ``stop_at`` it is the time-to-accuracy run: ``epochs / fraction`` epochs (as many samples as the full
+        run, with the same warm-up and schedule in samples seen) that stops once ``stop_at`` is reached.
+        """
+        share = 1.0 if method == "full" else self.fraction
+        tta = stop_at is not None and method != "full"
         return TrainConfig(
             target=target,
             dataset=DATASET,
@@ -97,11 +121,12 @@ class DemoConfig:
             model="cnn1d",
             method=method,
             fraction=self.fraction,
-            epochs=self.epochs,
+            epochs=math.ceil(self.epochs / share) if tta else self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
-            warmup_epochs=self.warmup_epochs,
-            seed=self.seed,
+            warmup_epochs=self.warmup_epochs / share if tta else self.warmup_epochs,
+            seed=self.seed if seed is None else seed,
+            stop_at_accuracy=stop_at if tta else None,
             device=self.device,
             pipeline=self.pipeline,
             reselect_every=self.reselect_every,
@@ -120,10 +145,14 @@ class DemoConfig:
             raise InvalidArgumentError("--methods is empty; give e.g. full,random,craig,crest")
         if len(set(self.methods)) != len(self.methods):
             raise InvalidArgumentError(f"--methods repeats a method: {','.join(self.methods)}")
+        if "full" not in self.methods:
+            raise InvalidArgumentError("--methods needs full: the targets are full data's accuracy minus 1 and 0.5 pt")
+        if self.seeds < 1:
+            raise InvalidArgumentError(f"--seeds must be >= 1; got {self.seeds}")
 
 
 #: ``--quick``: a smaller set and fewer epochs (under 3 minutes on 2 CPU cores).
-QUICK = {"num_samples": 10_000, "epochs": 4}
+QUICK = {"num_samples": 10_000, "epochs": 4, "seeds": 2}
 
 
 @contextmanager
@@ -237,7 +266,11 @@ def _prepare_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the demo end to end; returns the report (also written to ``cfg.out``)."""
+    """Run the demo end to end; returns the report (also written to ``cfg.out``).
+
+    Full data first (one run per seed; its median final accuracy sets the targets), then each method's
+    time-to-accuracy runs, then (with ``equal_epochs``) each method for the full run's epochs.
+    """
     echo = say or (lambda s: print(s, file=sys.stderr, flush=True))
     cfg.out.mkdir(parents=True, exist_ok=True)
     tmp: str | None = None
@@ -248,7 +281,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         data_dir = Path(cfg.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: list[RunResult] = []
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     halves = split_cpus() if cfg.place else None
     daemon_cpus, trainer_cpus = (format_cpus(halves[0]), format_cpus(halves[1])) if halves else ("", "")
     placement = (
@@ -257,13 +290,28 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         else "daemon and trainer share the CPUs: selection and training compete for them"
     )
     echo(placement)
+    others = [m for m in cfg.methods if m != "full"]
+    full_runs: list[RunResult] = []
+    tta: dict[str, list[tuple[int, RunResult]]] = {m: [] for m in others}
+    equal: dict[str, list[tuple[int, RunResult]]] = {m: [] for m in others}
+    quiet = echo if not cfg.progress else (lambda _s: None)
     try:
         _prepare_data(cfg, data_dir, echo)
         with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus) as address:
-            echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine})")
-            for method in cfg.methods:
-                run_cfg = cfg.train_config(method, address, trainer_cpus)
-                results.append(train(run_cfg, echo=echo if not cfg.progress else (lambda _s: None)))
+            echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine}); seeds {seeds}")
+            full_runs.extend(train(cfg.train_config("full", address, trainer_cpus, seed=s), echo=quiet) for s in seeds)
+            targets = targets_from([r.final_accuracy for r in full_runs])
+            hardest = max(targets.values())
+            echo("targets: " + ", ".join(f"{n} = {a * 100:.2f}%" for n, a in targets.items()))
+            for method in others:
+                for seed in seeds:
+                    run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed, stop_at=hardest)
+                    tta[method].append((seed, train(run_cfg, echo=quiet)))
+            if cfg.equal_epochs:
+                for method in others:
+                    for seed in seeds:
+                        run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed)
+                        equal[method].append((seed, train(run_cfg, echo=quiet)))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -273,21 +321,43 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
         "train_samples": cfg.num_samples - round(cfg.num_samples * 0.2),
         "test_samples": round(cfg.num_samples * 0.2),
         "model": "cnn1d",
-        **{k: v for k, v in asdict(cfg).items() if k not in ("out", "data_dir", "progress", "num_samples")},
+        **{k: v for k, v in asdict(cfg).items() if k not in ("out", "data_dir", "progress", "num_samples", "seeds")},
+        "seeds": seeds,
         "methods": list(cfg.methods),
-        "device": results[0].device if results else cfg.device,
+        "device": full_runs[0].device if full_runs else cfg.device,
         "cpu_count": os.cpu_count(),
         "total_seconds": time.perf_counter() - started,
         "placement": placement,
         "timing_note": "wall seconds exclude test-set evaluation",
+        "protocol": "each method trains until it reaches the harder target or has seen as many samples as the "
+        "full run (epochs / fraction epochs, the same schedule in samples seen)",
     }
-    report = build_report(results, config=config)
+    full_facts = [run_facts(r, targets, s) for s, r in zip(seeds, full_runs, strict=True)]
+
+    def entry(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        fraction = 1.0 if method == "full" else cfg.fraction
+        return {"method": method, "fraction": fraction, "runs": runs, "summary": summarize(runs, targets)}
+
+    methods = [entry("full", full_facts)] + [entry(m, [run_facts(r, targets, s) for s, r in tta[m]]) for m in others]
+    report: dict[str, Any] = {
+        "targets": targets,
+        "target_accuracy": targets[target_name(TARGET_MARGINS[0])],
+        "target_from": "full-data median final accuracy - 1 pt (and - 0.5 pt)",
+        "config": config,
+        "methods": methods,
+        "findings": findings(methods, targets),
+    }
+    if cfg.equal_epochs:
+        report["equal_epochs"] = {
+            "methods": [entry("full", full_facts)]
+            + [entry(m, [run_facts(r, targets, s) for s, r in equal[m]]) for m in others]
+        }
     write_report(report, cfg.out)
-    plot_report(report, cfg.out / "report.png")
+    plot_protocol(report, cfg.out / "report.png")
     return report
 
 
 def print_report(report: dict[str, Any], out: Path) -> None:
     """Print the demo's table and where its files are."""
-    print(format_table(report))
+    print(format_protocol(report))
     print(f"\nreport: {out / 'report.json'}\nfigure: {out / 'report.png'}")
