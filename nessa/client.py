@@ -27,6 +27,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from nessa.order import Partition
 from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
+from nessa.wire import CLIENT_METADATA, RETRY_METADATA
 
 __all__ = [
     "TLS",
@@ -73,6 +75,18 @@ _DOMAIN_ERRORS: dict[grpc.StatusCode, type[NessaError]] = {
     grpc.StatusCode.DATA_LOSS: DataCorruptionError,
 }
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+def _retryable(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE (the daemon is down or restarting), or RESOURCE_EXHAUSTED that the daemon marks as busy."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if code in _RETRYABLE:
+        return True
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED or not hasattr(exc, "trailing_metadata"):
+        return False
+    return any(key == RETRY_METADATA for key, _value in exc.trailing_metadata() or ())
+
+
 _T = TypeVar("_T")
 
 
@@ -215,7 +229,8 @@ class StorageClient:
         timeout: deadline of quick calls, in seconds.
         select_timeout: deadline of Select.
         stream_timeout: deadline of each stream attempt.
-        retry_timeout: how long to keep retrying an unavailable daemon before giving up.
+        retry_timeout: how long to keep retrying an unavailable or busy daemon (UNAVAILABLE, or RESOURCE_EXHAUSTED
+            the daemon marks as busy: all its slots or selections taken) before giving up.
         chunk_size: proxy upload chunk size.
         max_message_bytes: largest message accepted from the daemon.
     """
@@ -249,7 +264,10 @@ class StorageClient:
         self.bytes_received: dict[str, int] = {"samples": 0, "metadata": 0}
         self.bytes_sent: dict[str, int] = {"proxy": 0}
         self.reconnects = 0
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        # A distinct id per client object: the daemon's per-client stream limit tells clients at one address apart.
+        self._metadata: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, uuid.uuid4().hex[:16]),)
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
         self._lock = threading.Lock()
         self._pid = -1
         self._channel: grpc.Channel | None = None
@@ -334,8 +352,7 @@ class StorageClient:
             try:
                 return call()
             except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                if code not in _RETRYABLE or time.monotonic() - start + delay > self.retry_timeout:
+                if not _retryable(exc) or time.monotonic() - start + delay > self.retry_timeout:
                     raise _domain_error(exc) from exc
             self.reconnects += 1
             time.sleep(delay)
@@ -654,10 +671,9 @@ class StorageClient:
                     )
                 return
             except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
                 now = time.monotonic()
                 failed_at = failed_at if failed_at is not None else now
-                if code not in _RETRYABLE or now - failed_at + delay > self.retry_timeout:
+                if not _retryable(exc) or now - failed_at + delay > self.retry_timeout:
                     raise _domain_error(exc) from exc
             finally:
                 call.cancel()  # no-op when finished; stops the daemon's work when the consumer stops early

@@ -9,6 +9,7 @@ wrong *and* what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "BusyError",
     "DataCorruptionError",
     "FailedPreconditionError",
     "InvalidArgumentError",
@@ -53,6 +54,10 @@ class ResourceExhaustedError(NessaError, RuntimeError):
     """Over a configured limit (message size, memory, concurrent selections)."""
 
     status = "RESOURCE_EXHAUSTED"
+
+
+class BusyError(ResourceExhaustedError):
+    """Every slot of a limit on work in progress is taken (concurrent calls, streams, selections): retry later."""
 
 
 class DataCorruptionError(NessaError, RuntimeError):

@@ -50,6 +50,7 @@ __all__ = [
     "BYTES_FULL_EPOCH",
     "BYTES_RECEIVED",
     "BYTES_SENT",
+    "CORRUPT_SAMPLES",
     "DATASET_SIZE",
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
@@ -67,6 +68,7 @@ __all__ = [
     "SELECTION_SIZE",
     "SESSIONS",
     "SESSIONS_EVICTED",
+    "STALLED_STREAMS",
     "STORAGE_REGISTRY",
     "TRAINER_REGISTRY",
     "TrainerMetrics",
@@ -244,11 +246,13 @@ CORRUPT_SAMPLES = Counter(
     "nessa_corrupt_samples_total",
     "Stored samples that failed their checksum when read (never sent), by dataset.",
     ["dataset"],
+    registry=STORAGE_REGISTRY,
 )
 STALLED_STREAMS = Counter(
     "nessa_stalled_streams_total",
     "Streaming RPCs the daemon cancelled because the client stopped reading (or sending) past the idle timeout.",
     ["rpc"],
+    registry=STORAGE_REGISTRY,
 )
 
 # --- trainer ---------------------------------------------------------------------------------------------------

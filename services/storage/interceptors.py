@@ -12,15 +12,28 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
 
-from nessa.errors import NessaError
-from nessa.metrics import RPC_CANCELLED, RPC_ERRORS
+from nessa.errors import BusyError, InvalidArgumentError, NessaError
+from nessa.metrics import CORRUPT_SAMPLES, RPC_CANCELLED, RPC_ERRORS
 from nessa.services.storage.cancel import Cancelled
+from nessa.store.checksum import SampleCorruptionError
+from nessa.wire import RETRY_METADATA
 
-__all__ = ["HEALTH_PREFIX", "ErrorInterceptor", "TokenInterceptor", "status_code"]
+__all__ = [
+    "HEALTH_PREFIX",
+    "QUOTE_CHARS",
+    "ErrorInterceptor",
+    "TokenInterceptor",
+    "Undecodable",
+    "lenient",
+    "quote",
+    "rewrap_handler",
+    "status_code",
+]
 
 log = logging.getLogger("nessa.storage")
 
@@ -38,21 +51,89 @@ def _rpc_name(method: str) -> str:
     return method.rsplit("/", 1)[-1] or method
 
 
+def _behaviour(handler: grpc.RpcMethodHandler) -> Behaviour:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
 def rewrap_handler(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour, bool], Behaviour]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behaviour, bool], Behaviour],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind whose behaviour is ``wrap(behaviour, response_streaming)``."""
+    """A handler of the same kind whose behaviour is ``wrap(behaviour, response_streaming)``.
+
+    The thread pool a behaviour asked for (``experimental_thread_pool``) is kept. A non-blocking behaviour (health
+    ``Watch``: it returns at once and sends through a callback) cannot be wrapped as a function of its result, so
+    its handler is returned unchanged. ``request_deserializer`` replaces the handler's when given.
+    """
+    original = _behaviour(handler)
+    if getattr(original, "experimental_non_blocking", False):
+        return handler
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+    wrapped = wrap(original, handler.response_streaming)
+    pool = getattr(original, "experimental_thread_pool", None)
+    if pool is not None and getattr(wrapped, "experimental_thread_pool", None) is None:
+        wrapped.experimental_thread_pool = pool  # type: ignore[attr-defined]
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(wrapped, **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(wrapped, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(wrapped, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)
+
+
+#: Longest excerpt of client input quoted in an error message (the rest is elided, with its length).
+QUOTE_CHARS = 80
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a client-sent value, cut to ``limit`` characters (saying how long it was) for error messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes | bytearray) else len(text)
+    return f"{text[:limit]}... ({size} characters in all)"
+
+
+class Undecodable:
+    """A request message whose bytes did not parse (the ErrorInterceptor answers ``INVALID_ARGUMENT``)."""
+
+    def __init__(self, size: int, error: str) -> None:
+        self.size = size
+        self.error = error
+
+    def to_error(self, rpc: str) -> NessaError:
+        """The ``INVALID_ARGUMENT`` error for this request."""
+        return InvalidArgumentError(
+            f"{rpc}: the request message ({self.size} bytes) is not a valid protobuf message of this RPC's request "
+            f"type ({self.error}); send it with the nessa.v1 stubs (nessa.client.StorageClient)"
+        )
+
+
+def lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns an :class:`Undecodable` instead of raising (gRPC would answer ``INTERNAL``)."""
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, or anything a corrupt message makes the parser raise
+            return Undecodable(len(data), type(exc).__name__)
+
+    return deserialize
+
+
+def _decoded(requests: Iterator[Any], rpc: str) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.to_error(rpc)
+        yield request
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -68,13 +149,21 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         rpc = _rpc_name(handler_call_details.method)
+        request_streaming = handler.request_streaming
+
+        def checked(request: Any) -> Any:
+            if request_streaming:
+                return _decoded(request, rpc)
+            if isinstance(request, Undecodable):
+                raise request.to_error(rpc)
+            return request
 
         def wrap(behaviour: Behaviour, streaming: bool) -> Behaviour:
             if streaming:
 
                 def stream_behaviour(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                     try:
-                        yield from behaviour(request, context)
+                        yield from behaviour(checked(request), context)
                     except Exception as exc:
                         _fail(rpc, exc, context)
 
@@ -82,13 +171,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             def unary_behaviour(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    return behaviour(request, context)
+                    return behaviour(checked(request), context)
                 except Exception as exc:
                     _fail(rpc, exc, context)
 
             return unary_behaviour
 
-        return rewrap_handler(handler, wrap)
+        return rewrap_handler(handler, wrap, request_deserializer=lenient(handler.request_deserializer))
 
 
 def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
@@ -102,6 +191,18 @@ def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
     if isinstance(exc, NessaError):
         code = status_code(exc)
         message = str(exc)
+        if isinstance(exc, BusyError):
+            context.set_trailing_metadata(((RETRY_METADATA, "busy"),))
+        if isinstance(exc, SampleCorruptionError):
+            CORRUPT_SAMPLES.labels(dataset=exc.dataset).inc(len(exc.indices))
+            log.error("%s: %s", rpc, message)
+    elif isinstance(exc, RecursionError | OverflowError | MemoryError):
+        # Input too deep or too large for the code that read it: the client's to fix, not a bug to report.
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        message = (
+            f"{rpc}: the request is too deeply nested or holds a number too large to handle "
+            f"({type(exc).__name__}); send smaller values"
+        )
     else:
         log.error("%s: internal error", rpc, exc_info=exc)
         code = grpc.StatusCode.INTERNAL
@@ -116,12 +217,17 @@ def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
 class TokenInterceptor(grpc.ServerInterceptor):
     """Require ``authorization: Bearer <token>`` on every call except health checks.
 
+    A refused call's request is never parsed (undecodable garbage without a token is ``UNAUTHENTICATED``, not a
+    decoding error), and its refusal runs on ``pool`` (the daemon's control pool), so it holds no RPC slot.
+
     Args:
         token: the shared secret; compared in constant time.
+        pool: where refusals run (default: the server's pool).
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, pool: futures.ThreadPoolExecutor | None = None) -> None:
         self._expected = f"Bearer {token}".encode()
+        self._pool = pool
 
     def intercept_service(
         self,
@@ -150,13 +256,20 @@ class TokenInterceptor(grpc.ServerInterceptor):
                 RPC_ERRORS.labels(rpc=rpc, code="UNAUTHENTICATED").inc()
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+            behaviour: Behaviour = refuse
             if streaming:
 
                 def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                     refuse(request, context)
                     yield from ()
 
-                return refuse_stream
-            return refuse
+                behaviour = refuse_stream
+            if self._pool is not None:
+                behaviour.experimental_thread_pool = self._pool  # type: ignore[attr-defined]
+            return behaviour
 
-        return rewrap_handler(handler, wrap)
+        return rewrap_handler(handler, wrap, request_deserializer=_raw)
+
+
+def _raw(data: bytes) -> bytes:
+    return data

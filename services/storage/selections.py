@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from nessa.errors import (
+    BusyError,
     FailedPreconditionError,
     InvalidArgumentError,
     OutOfRangeError,
-    ResourceExhaustedError,
 )
 from nessa.metrics import (
     ACTIVE_SELECTIONS,
@@ -193,7 +193,7 @@ class SelectionService:
             BYTES_FULL_EPOCH.labels(dataset=entry.name).inc(candidate_bytes)
             return found.with_reply_facts(cached=True), True
         if not self._slots.acquire(blocking=False):
-            raise ResourceExhaustedError(
+            raise BusyError(
                 f"{self.max_concurrent} selections are already running on this daemon; retry when one finishes "
                 "(or start the daemon with a larger --max-concurrent-selections)"
             )

@@ -36,6 +36,7 @@ from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
+from nessa.services.storage.slots import SlotInterceptor
 from nessa.v1 import storage_pb2
 
 __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
@@ -43,6 +44,10 @@ __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
 log = logging.getLogger("nessa.storage")
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+#: Control-pool threads beyond the reflection streams (health checks, token refusals).
+_CONTROL_THREADS = 4
+#: Handler threads beyond the Storage slots (calls over a limit are refused on them).
+_SPARE_THREADS = 4
 
 
 class StorageDaemon:
@@ -83,6 +88,8 @@ class StorageDaemon:
         self._server: grpc.Server | None = None
         self._metrics: Any = None
         self._stopped = threading.Event()
+        self.slots: SlotInterceptor | None = None
+        self._control_pool: futures.ThreadPoolExecutor | None = None
 
     @property
     def address(self) -> str:
@@ -106,14 +113,26 @@ class StorageDaemon:
         initialize_storage_series(available(), ENGINES)
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
+        # Health, reflection and refusals run on a small pool of their own, so Storage calls cannot starve them.
+        self._control_pool = futures.ThreadPoolExecutor(
+            max_workers=cfg.max_reflection_streams + _CONTROL_THREADS, thread_name_prefix="nessa-control"
+        )
+        self.slots = SlotInterceptor(
+            max_calls=cfg.max_workers,
+            max_streams_per_client=cfg.max_streams_per_client,
+            idle_seconds=cfg.stream_idle_seconds,
+            max_health_watches=cfg.max_health_watches,
+            max_reflection_streams=cfg.max_reflection_streams,
+            control_pool=self._control_pool,
+        )
         interceptors: list[grpc.ServerInterceptor] = [RpcMetricsInterceptor()]  # first: sees every status
         if cfg.token:
-            interceptors.append(TokenInterceptor(cfg.token))
-        interceptors.append(ErrorInterceptor())
+            interceptors.append(TokenInterceptor(cfg.token, pool=self._control_pool))  # before any slot is taken
+        interceptors += [ErrorInterceptor(), self.slots]  # slot refusals are domain errors the ErrorInterceptor maps
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="nessa-rpc"),
+            # One thread per Storage slot, plus a few so that calls over the limit are refused at once.
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers + _SPARE_THREADS, thread_name_prefix="nessa-rpc"),
             interceptors=interceptors,
-            maximum_concurrent_rpcs=cfg.max_workers,
             options=[
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -140,6 +159,7 @@ class StorageDaemon:
                 "--port/--host (0 picks a free port)"
             )
         self.port = port
+        self.slots.watchdog.start()
         server.start()
         self._server = server
         if cfg.metrics_port is not None:
@@ -186,6 +206,10 @@ class StorageDaemon:
             time.sleep(drain)
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self.slots is not None:
+            self.slots.watchdog.stop()
+        if self._control_pool is not None:
+            self._control_pool.shutdown(wait=False, cancel_futures=True)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()

@@ -171,8 +171,8 @@ def test_cancelled_selection_stops_the_work(root: Path) -> None:
             pb.SelectRequest(dataset="toy", method="craig", fraction=0.1, seed=43), timeout=120
         )
         _wait_for(lambda: _value("nessa_active_selections") == 1, "the selection did not start")
-        with pytest.raises(ResourceExhaustedError, match="already running"):
-            client.select("toy", "random", 0.1, seed=1)
+        with pytest.raises(ResourceExhaustedError, match="already running"):  # busy: a client without retries sees it
+            StorageClient(d.address, retry_timeout=0).select("toy", "random", 0.1, seed=1)
         future.cancel()
         _wait_for(lambda: _value("nessa_rpc_cancelled_total", rpc="Select") > cancelled,
                   "the daemon did not stop the selection its client cancelled")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -58,14 +59,31 @@ def test_cancelling_streams_frees_their_threads(tmp_path) -> None:  # type: igno
         # Both threads are free again: two streams run at once, a third call is refused (not queued forever).
         a, b = client.stream(sel, batch_size=1), client.stream(sel, batch_size=1)
         next(a), next(b)
+        impatient = StorageClient(d.address, retry_timeout=0)  # no retries: the refusal itself is seen
         with pytest.raises(ResourceExhaustedError) as info:
-            client.describe("toy")
-        assert info.value.__cause__.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
-        a.close(), b.close()
-        deadline = time.monotonic() + 5
-        while active_streams() > base and time.monotonic() < deadline:
+            impatient.describe("toy")
+        cause = info.value.__cause__
+        assert cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[union-attr]
+        assert "limit of 2 concurrent calls" in cause.details()  # type: ignore[union-attr]
+        assert ("x-nessa-retry", "busy") in cause.trailing_metadata()  # type: ignore[union-attr]
+        # A patient client retries the busy refusal with backoff and is served once the streams end.
+        done = threading.Event()
+        result: list[int] = []
+
+        def describe() -> None:
+            result.append(client.describe("toy").num_samples)
+            done.set()
+
+        worker = threading.Thread(target=describe)
+        worker.start()
+        deadline = time.monotonic() + 20
+        while client.reconnects < 1 and time.monotonic() < deadline:  # refused (busy) at least once
             time.sleep(0.02)
-        assert client.describe("toy").num_samples == 6000
+        assert client.reconnects >= 1 and not done.is_set()
+        a.close(), b.close()
+        assert done.wait(30)
+        worker.join()
+        assert result == [6000]
 
 
 def test_hand_encoded_batches_parse_as_the_message_with_its_size() -> None:
