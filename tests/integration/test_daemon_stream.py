@@ -111,7 +111,8 @@ def test_a_stream_past_its_deadline_is_stopped(tmp_path) -> None:  # type: ignor
         client = StorageClient(d.address)
         sel = client.select("toy", "random", 1.0)
         base = active_streams()
-        it = client.stream(sel, batch_size=1, timeout=1.0)  # 6000 messages; the client reads one, then stalls
+        # 120,000 messages (too many to be buffered or sent within the deadline); the client reads one, then stalls.
+        it = client.stream(np.tile(sel.indices, 20), dataset="toy", batch_size=1, timeout=1.0)
         next(it)
         deadline = time.monotonic() + 10
         while active_streams() > base and time.monotonic() < deadline:
@@ -142,6 +143,8 @@ def test_a_flipped_byte_is_data_loss_at_stream_time_naming_shard_and_index(tmp_p
             for _ in client.stream(np.arange(40), dataset="ds", batch_size=8):
                 pass
         assert str(tmp_path) not in str(err.value)  # no server paths in the message
+        counted = STORAGE_REGISTRY.get_sample_value("nessa_corrupt_samples_total", {"dataset": "ds"})
+        assert counted is not None and counted >= 1  # the corrupt sample is counted by the daemon
         sel = client.select("ds", "random", count=40, seed=0)  # random reads no sample: it selects
         with pytest.raises(DataCorruptionError, match="27"):  # but the corrupt sample is never streamed
             for _ in client.stream(sel):

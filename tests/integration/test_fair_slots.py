@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from daemon_helpers import running
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nessa.client import StorageClient
@@ -18,7 +19,6 @@ from nessa.metrics import STALLED_STREAMS
 from nessa.store import ingest_arrays
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
-from tests.common.daemon_helpers import running
 
 TOKEN = "s3cret-token"
 WIDE = 16384  # float32 per sample: 64 KiB, so a few replies fill a stalled client's flow-control window
@@ -47,13 +47,14 @@ def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
 
 
 def _stalled_stream(channel: grpc.Channel, client_id: str | None, token: str | None = TOKEN) -> grpc.Future:
-    """A StreamSamples call over every sample that is never read."""
+    """A StreamSamples call that is never read."""
     meta = []
     if token is not None:
         meta.append(("authorization", f"Bearer {token}"))
     if client_id is not None:
         meta.append(("x-nessa-client", client_id))
-    request = pb.StreamRequest(dataset="wide", indices=pb.IndexList(indices=list(range(N))))
+    # Every sample 16 times over (100 MiB): far more than any flow-control window, so the daemon must block.
+    request = pb.StreamRequest(dataset="wide", indices=pb.IndexList(indices=list(range(N)) * 16))
     return storage_pb2_grpc.StorageStub(channel).StreamSamples(request, metadata=meta, timeout=120)
 
 
