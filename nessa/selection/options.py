@@ -19,13 +19,17 @@ from typing import Any, TypeVar
 from nessa.accel.reference.selection import is_int, is_real
 from nessa.errors import InvalidArgumentError
 
-__all__ = ["KINDS", "Options", "Spec", "option"]
+__all__ = ["INT_LIMIT", "KINDS", "Options", "Spec", "option"]
 
 #: The kinds of option value: a string from ``choices``; true/false; an int; a finite number; a budget-like size
 #: (an int count >= 1 or a float fraction in (0, 1]); a non-empty matrix (list of lists of numbers); anything.
 KINDS = ("choice", "bool", "int", "number", "size", "matrix", "any")
 
 _O = TypeVar("_O", bound="Options")
+
+#: The bound of every ``int`` option without a ``high`` of its own (counts and sizes past it overflow the kernels'
+#: 32-bit indices, or numpy's int64 once multiplied): ``kind="int"`` values must lie in [-INT_LIMIT, INT_LIMIT].
+INT_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Spec:
             if self.low is not None and self.high is not None:
                 lo, hi = ("(" if self.open_low else "["), (")" if self.open_high else "]")
                 text = f"{what} in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
+            elif self.low is not None and self.kind == "int":
+                text = f"{what} in {'(' if self.open_low else '['}{_num(self.low)}, {INT_LIMIT}]"
             elif self.low is not None:
                 text = f"{what} {'>' if self.open_low else '>='} {_num(self.low)}"
             elif self.high is not None:
@@ -94,9 +100,14 @@ class Spec:
         if self.kind == "matrix":
             return _is_matrix(value)
         ok = is_int(value) if self.kind == "int" else is_real(value)
-        if not ok or not math.isfinite(float(value)):
+        if not ok or (self.kind == "int" and self.high is None and abs(int(value)) > INT_LIMIT):
             return False
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int too large for a float
+            return False
+        if not math.isfinite(v):
+            return False
         if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
             return False
         return not (self.high is not None and (v > self.high or (self.open_high and v == self.high)))

@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 
 
 def _is_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name)) and ".." not in name
+    return bool(_NAME_RE.fullmatch(name)) and ".." not in name  # fullmatch: "$" would allow a trailing newline
 
 
 def check_name(name: str) -> str:

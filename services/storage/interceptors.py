@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -25,10 +26,12 @@ from nessa.wire import RETRY_METADATA
 
 __all__ = [
     "HEALTH_PREFIX",
+    "MAX_MESSAGE_CHARS",
     "QUOTE_CHARS",
     "ErrorInterceptor",
     "TokenInterceptor",
     "Undecodable",
+    "bounded",
     "lenient",
     "quote",
     "rewrap_handler",
@@ -137,7 +140,17 @@ def _decoded(requests: Iterator[Any], rpc: str) -> Iterator[Any]:
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Map domain errors to status codes, stop cancelled calls quietly, report bugs as ``INTERNAL``."""
+    """Map domain errors to status codes, stop cancelled calls quietly, report bugs as ``INTERNAL``.
+
+    Every message sent is :func:`bounded`: long quoted client values are cut to a prefix, the total length is
+    capped, and the server paths in ``redact`` (the data and state directories) are replaced by ``<data-dir>``.
+
+    Args:
+        redact: server paths that never appear in a message.
+    """
+
+    def __init__(self, redact: tuple[str, ...] = ()) -> None:
+        self._redact = tuple(sorted({p for p in redact if p}, key=len, reverse=True))
 
     def intercept_service(
         self,
@@ -150,6 +163,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return None
         rpc = _rpc_name(handler_call_details.method)
         request_streaming = handler.request_streaming
+        redact = self._redact
 
         def checked(request: Any) -> Any:
             if request_streaming:
@@ -165,7 +179,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     try:
                         yield from behaviour(checked(request), context)
                     except Exception as exc:
-                        _fail(rpc, exc, context)
+                        _fail(rpc, exc, context, redact)
 
                 return stream_behaviour
 
@@ -173,14 +187,38 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 try:
                     return behaviour(checked(request), context)
                 except Exception as exc:
-                    _fail(rpc, exc, context)
+                    _fail(rpc, exc, context, redact)
 
             return unary_behaviour
 
         return rewrap_handler(handler, wrap, request_deserializer=lenient(handler.request_deserializer))
 
 
-def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
+#: Longest status message sent (longer ones keep their start and end): gRPC refuses trailers past 8-16 KiB.
+MAX_MESSAGE_CHARS = 2000
+#: A quoted value (a repr): the quote opens after a non-word character and closes before one, so the
+#: apostrophe of "daemon's" is neither.
+_QUOTED = re.compile(f"(?<!\\w)(?:'[^'\\n]{{{QUOTE_CHARS},}}'|\"[^\"\\n]{{{QUOTE_CHARS},}}\")(?!\\w)")
+
+
+def _cut(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return f"{text[: QUOTE_CHARS - 20]}...{text[0]} ({len(text) - 2} characters)"
+
+
+def bounded(message: str, redact: tuple[str, ...] = ()) -> str:
+    """``message`` with long quoted values cut to a prefix, server paths replaced, and its length capped."""
+    for path in redact:
+        if path:
+            message = message.replace(path, "<data-dir>")
+    message = _QUOTED.sub(_cut, message)
+    if len(message) > MAX_MESSAGE_CHARS:
+        keep = MAX_MESSAGE_CHARS // 2
+        message = f"{message[:keep]} ... ({len(message) - 2 * keep} characters left out) ... {message[-keep:]}"
+    return message
+
+
+def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext, redact: tuple[str, ...] = ()) -> None:
     """End the call with the status that fits ``exc`` (``context.abort`` raises)."""
     if context.code() is not None:  # the handler already set a status (e.g. called abort)
         raise exc
@@ -207,11 +245,11 @@ def _fail(rpc: str, exc: Exception, context: grpc.ServicerContext) -> None:
         log.error("%s: internal error", rpc, exc_info=exc)
         code = grpc.StatusCode.INTERNAL
         message = (
-            f"internal error in {rpc} ({type(exc).__name__}: {exc}); this is a bug in the storage daemon — "
+            f"internal error in {rpc} ({type(exc).__name__}: {quote(str(exc))}); this is a bug in the storage daemon — "
             "report it with the daemon's log"
         )
     RPC_ERRORS.labels(rpc=rpc, code=code.name).inc()
-    context.abort(code, message)
+    context.abort(code, bounded(message, redact))
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

@@ -128,7 +128,8 @@ class StorageDaemon:
         interceptors: list[grpc.ServerInterceptor] = [RpcMetricsInterceptor()]  # first: sees every status
         if cfg.token:
             interceptors.append(TokenInterceptor(cfg.token, pool=self._control_pool))  # before any slot is taken
-        interceptors += [ErrorInterceptor(), self.slots]  # slot refusals are domain errors the ErrorInterceptor maps
+        redact = tuple(str(p) for d in (cfg.data_dir, cfg.state_path) for p in {d, d.resolve()})
+        interceptors += [ErrorInterceptor(redact), self.slots]  # the ErrorInterceptor maps slot refusals
         server = grpc.server(
             # One thread per Storage slot, plus a few so that calls over the limit are refused at once.
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers + _SPARE_THREADS, thread_name_prefix="nessa-rpc"),

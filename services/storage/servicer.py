@@ -23,6 +23,7 @@ from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.interceptors import quote
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
 from nessa.services.storage.selections import SelectionParams, SelectionService
 from nessa.services.storage.streaming import OutgoingBatch, check_limits, iter_batches, plan_stream
@@ -155,17 +156,58 @@ def _count_metadata(dataset: str, message: Any) -> None:
     BYTES_SENT.labels(dataset=dataset, kind="metadata").inc(message.ByteSize())
 
 
+#: Limits on Select options (JSON text per option): how many, how long each, how deeply nested.
+MAX_OPTIONS = 64
+MAX_OPTION_CHARS = 1 << 20
+MAX_OPTION_DEPTH = 16
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON ``text`` (brackets inside strings not counted)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_option(name: str, text: str) -> Any:
+    if len(text) > MAX_OPTION_CHARS:
+        raise InvalidArgumentError(
+            f"option {quote(name)}: its JSON text has {len(text)} characters, over the limit of {MAX_OPTION_CHARS}"
+        )
+    if ("[" in text or "{" in text) and _depth(text) > MAX_OPTION_DEPTH:
+        raise InvalidArgumentError(
+            f"option {quote(name)}: its JSON value is nested {_depth(text)} deep, over the limit of {MAX_OPTION_DEPTH}"
+        )
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
         raise InvalidArgumentError(
-            f"option {name!r}: {text!r} is not a JSON value; send JSON text such as 0.5, 10, true or "
-            '"lazy" (strings in double quotes)'
+            f"option {quote(name)}: {quote(text)} is not a JSON value ({quote(str(exc), 60)}); send JSON text such "
+            'as 0.5, 10, true or "lazy" (strings in double quotes)'
         ) from exc
 
 
 def _parse_options(options: Any) -> dict[str, Any]:
+    if len(options) > MAX_OPTIONS:
+        raise InvalidArgumentError(
+            f"{len(options)} options sent, over the limit of {MAX_OPTIONS}; send only the options the method takes "
+            "(`nessa methods` lists them)"
+        )
     return {name: _parse_option(name, text) for name, text in options.items()}
 
 

@@ -119,7 +119,7 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
     Raises:
         InvalidArgumentError: not a cursor.
     """
-    match = _CURSOR_RE.match(cursor or "")
+    match = _CURSOR_RE.fullmatch(cursor or "")
     if match is None:
         raise InvalidArgumentError(
             f"{cursor!r} is not a stream cursor; pass the cursor of a SampleBatch unchanged (or none to start over)"
