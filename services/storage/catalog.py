@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nessa.errors import InvalidArgumentError, NessaError, NotFoundError
+from nessa.errors import DataCorruptionError, InvalidArgumentError, NessaError, NotFoundError
 from nessa.metrics import DATASET_SIZE
 from nessa.store import DatasetReader, open_dataset
 
@@ -141,6 +141,7 @@ class Catalog:
         self.root = Path(data_dir).resolve()
         self._entries: dict[str, DatasetEntry] = {}
         self._broken: dict[str, str] = {}
+        self._corrupt: set[str] = set()  # broken because stored data is damaged (DATA_LOSS, not NOT_FOUND)
         self._lock = threading.Lock()
 
     def refresh(self) -> list[str]:
@@ -163,6 +164,10 @@ class Catalog:
                     if self._broken.get(name) != str(exc):
                         log.error("cannot serve dataset %s: %s", name, exc)
                     self._broken[name] = str(exc)
+                    if isinstance(exc, DataCorruptionError):
+                        self._corrupt.add(name)
+                    else:
+                        self._corrupt.discard(name)
                     continue
                 self._broken.pop(name, None)
                 self._entries[name] = entry
@@ -185,6 +190,8 @@ class Catalog:
         Raises:
             InvalidArgumentError: ``name`` is not a valid name (e.g. a path).
             NotFoundError: no such dataset, or it could not be opened (the message says why).
+            DataCorruptionError: it could not be opened because its stored data is damaged (a missing or
+                truncated shard, a corrupt file).
         """
         check_name(name)
         entry = self._entries.get(name)
@@ -193,6 +200,8 @@ class Catalog:
             entry = self._entries.get(name)
         if entry is None:
             broken = self._broken.get(name)
+            if broken is not None and name in self._corrupt:
+                raise DataCorruptionError(f"dataset {name!r} is damaged and cannot be served: {broken}")
             if broken is not None:
                 raise NotFoundError(f"dataset {name!r} exists but cannot be served: {broken}")
             known = ", ".join(sorted(self._entries)) or "none"

@@ -37,6 +37,7 @@ from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
 from nessa.services.storage.slots import SlotInterceptor
+from nessa.store.atomic import recover_stale
 from nessa.v1 import storage_pb2
 
 __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
@@ -111,6 +112,7 @@ class StorageDaemon:
         """
         cfg = self.config
         initialize_storage_series(available(), ENGINES)
+        self._recover_staging()
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
         # Health, reflection and refusals run on a small pool of their own, so Storage calls cannot starve them.
@@ -172,6 +174,16 @@ class StorageDaemon:
         else:
             threading.Thread(target=self._warm_in_background, name="nessa-warmup", daemon=True).start()
         return self
+
+    def _recover_staging(self) -> None:
+        """Roll back (or finish) what ingests killed into the data directory left in hidden staging directories."""
+        try:
+            recovered = recover_stale(self.config.data_dir)
+        except OSError as exc:  # e.g. a read-only data directory: serving still works
+            log.warning("could not check the data directory for staging left by killed ingests: %s", exc)
+            return
+        for path in recovered:
+            log.info("recovered %s, left by an ingest that was killed", path.name)
 
     def _warm_in_background(self) -> None:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from daemon_helpers import TOY_DIM, TOY_N, make_toy, running
+from proxy_helpers import conv_proxy
 
 from nessa.client import StorageClient
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
@@ -224,26 +225,6 @@ def test_crest_forwards_only_its_pools_and_selects_as_on_all_features(client: St
     before = _value("nessa_proxy_forward_samples_total", engine="opencl")
     client.select("toy", "craig", 0.05, seed=5, engine="opencl")
     assert _value("nessa_proxy_forward_samples_total", engine="opencl") - before == TOY_N
-
-
-def conv_proxy(version: int, padding: int = 2, channels: int = 4, weight_scale: float | None = None) -> bytes:
-    """A conv1d proxy for the toy data ((40,) samples seen as (1, 40)); ``padding`` is set on the wire afterwards."""
-    torch.manual_seed(version)
-    model = torch.nn.Sequential(
-        torch.nn.Conv1d(1, channels, 5, padding=2),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool1d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(channels, 10),
-    ).eval()
-    if weight_scale is not None:
-        with torch.no_grad():
-            for param in model.parameters():
-                param.fill_(weight_scale)
-    proxy = export(model, torch.zeros(1, 1, 40), quantize=None if weight_scale is not None else "int8", version=version)
-    conv = next(n for n in proxy.message.nodes if n.weight and len(proxy.tensor(n.weight).shape) == 3)
-    conv.padding[:] = [padding]
-    return dumps(proxy)
 
 
 def test_proxies_that_cannot_run_are_rejected_at_push_and_the_good_one_stays(client: StorageClient, daemon) -> None:  # type: ignore[no-untyped-def]
