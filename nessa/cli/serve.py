@@ -29,6 +29,13 @@ def _add(p: argparse.ArgumentParser) -> None:
     flags = {**_FLAGS, "engine": Flag(choices=ENGINES)}
     add_config_flags(p, DaemonConfig, flags, defaults={"token": "$NESSA_TOKEN", "state_dir": "<data-dir>/.nessa-state"})
     p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the bearer token from the first line of PATH (keep it chmod 600): unlike --token, it is not "
+        "visible in the process list",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default: info)"
     )
 
@@ -44,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     fields = given(args, DaemonConfig)
     if fields.get("metrics_port", 0) is not None and fields.get("metrics_port", 0) < 0:
         fields["metrics_port"] = None
-    fields["token"] = DaemonConfig.token_from_env(fields.get("token"))
+    fields["token"] = DaemonConfig.resolve_token(fields.get("token"), args.token_file)
     config = DaemonConfig(**fields)
     check_port_free(config.port, "--port", host=config.host)
     check_port_free(config.metrics_port, "--metrics-port", host=config.host)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -14,17 +13,19 @@ __all__ = ["COMMANDS", "add_daemon_flags", "daemon_client"]
 
 
 def add_daemon_flags(p: argparse.ArgumentParser) -> None:
-    """``--target``, ``--token``, ``--tls-ca``: how a client command reaches the daemon."""
+    """``--target``, ``--token`` / ``--token-file``, ``--tls-ca``: how a client command reaches the daemon."""
     p.add_argument("--target", required=True, help="the storage daemon's HOST[:PORT] (port 50051 when omitted)")
-    p.add_argument("--token", default=None, help="bearer token (default: $NESSA_TOKEN)")
+    p.add_argument("--token", default=None, help="bearer token (default: $NESSA_TOKEN; visible in the process list)")
+    p.add_argument("--token-file", default=None, metavar="PATH", help="read the bearer token from PATH's first line")
     p.add_argument("--tls-ca", default=None, metavar="PEM", help="the CA that signed the daemon's certificate (TLS)")
 
 
 def daemon_client(args: argparse.Namespace) -> Any:
     """A :class:`~nessa.client.StorageClient` that has reached the daemon (see :func:`nessa.cli.connect.connect`)."""
     from nessa.cli.connect import connect, normalize_target
+    from nessa.services.storage.config import DaemonConfig
 
-    token = args.token or os.environ.get("NESSA_TOKEN") or None
+    token = DaemonConfig.resolve_token(args.token, getattr(args, "token_file", None))
     return connect(
         normalize_target(args.target), token, args.tls_ca, say=lambda line: print(line, file=sys.stderr, flush=True)
     )

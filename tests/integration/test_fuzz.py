@@ -499,7 +499,8 @@ def _rss_kib(pid: int) -> int:
 @pytest.mark.slow
 def test_load_8_streaming_clients_and_selections(tmp_path: Path) -> None:
     make_toy(tmp_path, n=6000, shards=2)
-    serve = ServeProcess(tmp_path, extra=("--token-file", str(_token_file(tmp_path))))
+    # Warnings only: the daemon's stderr is a pipe nobody reads until the end (a full pipe would block it).
+    serve = ServeProcess(tmp_path, extra=("--token-file", str(_token_file(tmp_path)), "--log-level", "warning"))
     try:
         serve.wait_serving()
         seconds = float(os.environ.get("NESSA_LOAD_SECONDS", "20"))
@@ -511,7 +512,7 @@ def test_load_8_streaming_clients_and_selections(tmp_path: Path) -> None:
         counts = Counter[str]()
 
         def streamer(k: int) -> None:
-            client = StorageClient(serve.target, token=TOKEN)
+            client = StorageClient(serve.target, token=TOKEN, stream_timeout=120, select_timeout=120)
             while time.monotonic() < stop:
                 try:
                     got = sum(len(b.indices) for b in client.stream(sel, batch_size=64, shuffle_seed=k))
@@ -521,7 +522,7 @@ def test_load_8_streaming_clients_and_selections(tmp_path: Path) -> None:
                     errors.append(f"stream: {exc!r}"[:300])
 
         def selector(k: int) -> None:
-            client = StorageClient(serve.target, token=TOKEN)
+            client = StorageClient(serve.target, token=TOKEN, select_timeout=120)
             seed = k * 1000
             while time.monotonic() < stop:
                 seed += 1
