@@ -121,6 +121,16 @@ def test_a_missing_or_wrong_token_is_the_daemons_one_line(daemon: StorageDaemon)
     )
 
 
+def test_the_token_from_a_file(daemon: StorageDaemon, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    run = nessa("status", "--target", daemon.address, "--token-file", str(token_file))
+    assert run.returncode == 0, run.stderr
+    one_line(nessa("status", "--target", daemon.address, "--token-file", str(tmp_path / "none")), 2, "token file")
+    token_file.write_text("\n")
+    one_line(nessa("status", "--target", daemon.address, "--token-file", str(token_file)), 2, "is empty")
+
+
 def test_status_shows_health_datasets_and_proxy_versions(daemon: StorageDaemon) -> None:
     run = nessa("status", "--target", daemon.address, env={"NESSA_TOKEN": TOKEN})
     assert run.returncode == 0, run.stderr
