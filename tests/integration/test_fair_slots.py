@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -135,3 +136,45 @@ def test_a_busy_daemon_refuses_with_the_limit_and_a_retry_hint(data_dir: Path) -
         assert _until(lambda: slots.calls.in_use == 2)
         with pytest.raises(ResourceExhaustedError, match="limit of 2 concurrent calls"):
             StorageClient(d.address, retry_timeout=0).datasets()
+
+
+def test_a_push_whose_client_stops_sending_is_cancelled_and_the_good_proxy_stays(data_dir: Path) -> None:
+    from proxy_helpers import mlp_proxy
+
+    before = STALLED_STREAMS.labels(rpc="PushProxy")._value.get()
+    with running(data_dir, warmup=False, stream_idle_seconds=1.0, engine="numpy") as d:
+        client = StorageClient(d.address)
+        good = mlp_proxy(1, in_features=WIDE, num_classes=4)
+        assert client.push_proxy(good, "wide").version == 1
+        release = threading.Event()
+
+        def chunks() -> Iterator[pb.ProxyChunk]:
+            yield pb.ProxyChunk(dataset="wide", data=good[:1000], total_size=len(good))
+            release.wait(60)  # the client stops sending
+
+        with grpc.insecure_channel(d.address) as channel:
+            future = storage_pb2_grpc.StorageStub(channel).PushProxy.future(chunks(), timeout=60)
+            assert _until(lambda: STALLED_STREAMS.labels(rpc="PushProxy")._value.get() > before)
+            release.set()
+            with pytest.raises(grpc.RpcError) as info:
+                future.result(timeout=30)
+            assert info.value.code() == grpc.StatusCode.CANCELLED
+        assert client.describe("wide").proxy_version == 1
+
+
+def test_health_watches_are_bounded_and_hold_no_storage_slot(data_dir: Path) -> None:
+    with running(data_dir, warmup=False, max_health_watches=3, max_workers=2) as d, ExitStack() as stack:
+        channel = stack.enter_context(grpc.insecure_channel(d.address))
+        watches = _watches(channel, 3)
+        stack.callback(lambda: [w.cancel() for w in watches])  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as info:
+            next(health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_health_watches" in (info.value.details() or "")
+        assert d.slots is not None and d.slots.calls.in_use == 0
+        assert [i.name for i in StorageClient(d.address, retry_timeout=0).datasets()] == ["wide"]
+        watches[0].cancel()  # type: ignore[attr-defined]
+        assert _until(lambda: d.slots is not None and d.slots.watches.in_use == 2)
+        extra = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        assert next(extra).status == health_pb2.HealthCheckResponse.SERVING
+        extra.cancel()
