@@ -6,6 +6,8 @@ medians of ``--repeats`` runs, measured side by side (each repeat runs every mea
 - ingest: ``ingest_arrays`` of the in-memory arrays into ``--shards`` shards (generation not timed);
 - read(): a random ``--fraction`` of the indices, in random order, in batches of ``--batch``, through
   ``open_dataset(...).read`` (the pass is repeated for at least 0.2 s and timed per pass);
+- read() unverified: the same, on the same reader with its per-sample checksum check switched off (as a dataset
+  written before checksums reads), side by side with read(), so the ratio is the cost of verifying every sample;
 - raw LMDB: the same samples' bytes from a one-shard copy of the dataset, opened directly with py-lmdb
   (read-only, unlocked), one read transaction, one cursor, keys sorted, one ``getmulti`` call (timed the same
   way);
@@ -77,7 +79,7 @@ def main() -> None:
         (one,) = ingest_arrays(x, y, work / "one-shard", shards=1)
         raw_env = lmdb.open(str(one / "shards" / "00000"), readonly=True, lock=False, readahead=False)
 
-        ingest_s, read_s, raw_s, verify_s = [], [], [], []
+        ingest_s, read_s, unverified_s, raw_s, verify_s = [], [], [], [], []
         for r in range(args.repeats):
             dest = work / f"ds{r}"
             t, _ = _timed(lambda dest=dest: ingest_arrays(x, y, dest, shards=args.shards))
@@ -92,6 +94,12 @@ def main() -> None:
                 read_s.append(t)
                 if got != k * x[0].nbytes:
                     raise SystemExit(f"read() returned {got} bytes, expected {k * x[0].nbytes}")
+                sums, ds._checksums = ds._checksums, None  # bench only: the reader without verification
+                try:
+                    t, got = _per_pass(read_all)
+                finally:
+                    ds._checksums = sums
+                unverified_s.append(t)
 
             def raw_pass() -> int:
                 with raw_env.begin(buffers=False) as txn:
@@ -111,6 +119,7 @@ def main() -> None:
         rows = [
             (f"ingest ({args.shards} shards)", med(ingest_s), args.samples, total_mb),
             (f"read() random {args.fraction:.0%}, batches of {args.batch}", med(read_s), k, read_mb),
+            ("read() unverified (no checksum check)", med(unverified_s), k, read_mb),
             ("raw LMDB, 1 env, 1 sorted cursor pass", med(raw_s), k, read_mb),
             (f"verify ({args.shards} shards, sha256)", med(verify_s), args.samples, total_mb),
         ]
@@ -123,6 +132,8 @@ def main() -> None:
             print(f"{name:<42} {seconds:>9.3f} {n / seconds:>11.0f} {mb / seconds:>9.1f}")
         ratio = (read_mb / med(read_s)) / (read_mb / med(raw_s))
         print(f"{'read() / raw LMDB throughput':<42} {'':>9} {'':>11} {ratio:>9.2f}")
+        verified = med(unverified_s) / med(read_s)
+        print(f"{'read() / read() unverified throughput':<42} {'':>9} {'':>11} {verified:>9.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
