@@ -212,7 +212,9 @@ def test_status_codes(stub, client: StorageClient) -> None:  # type: ignore[no-u
     cases = [
         (NF, "no dataset named 'nope'", stub.DescribeDataset, pb.DescribeDatasetRequest(dataset="nope")),
         (NF, "no dataset named", stub.DescribeDataset, pb.DescribeDatasetRequest(dataset="not-a-dataset")),
-        (NF, "exists but cannot be served", stub.DescribeDataset, pb.DescribeDatasetRequest(dataset="broken")),
+        # a removed shard directory is damage (DATA_LOSS), not absence
+        (grpc.StatusCode.DATA_LOSS, "is damaged and cannot be served", stub.DescribeDataset,
+         pb.DescribeDatasetRequest(dataset="broken")),
         (IA, "never a path", stub.DescribeDataset, pb.DescribeDatasetRequest(dataset="../toy")),
         (IA, "never a path", stub.DescribeDataset, pb.DescribeDatasetRequest(dataset="/etc")),
         (IA, "outside (0, 1]", stub.Select, pb.SelectRequest(dataset="toy", method="random", fraction=1.5)),
