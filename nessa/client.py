@@ -264,10 +264,7 @@ class StorageClient:
         self.bytes_received: dict[str, int] = {"samples": 0, "metadata": 0}
         self.bytes_sent: dict[str, int] = {"proxy": 0}
         self.reconnects = 0
-        # A distinct id per client object: the daemon's per-client stream limit tells clients at one address apart.
-        self._metadata: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, uuid.uuid4().hex[:16]),)
-        if token:
-            self._metadata += (("authorization", f"Bearer {token}"),)
+        self._client_id = uuid.uuid4().hex[:16]
         self._lock = threading.Lock()
         self._pid = -1
         self._channel: grpc.Channel | None = None
@@ -275,13 +272,27 @@ class StorageClient:
 
     # -- channel -------------------------------------------------------------------------------------------------
 
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the token, and an id per client object and process.
+
+        The daemon's per-client stream limit tells clients at one address apart by the id, so each DataLoader
+        worker process is a client of its own.
+        """
+        meta: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, f"{self._client_id}.{os.getpid()}"),)
+        if self.token:
+            meta += (("authorization", f"Bearer {self.token}"),)
+        return meta
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_lock=None, _pid=-1, _channel=None, _stub=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.pop("_metadata", None)  # pickled by an older nessa
         self.__dict__.update(state)
+        self.__dict__.setdefault("_client_id", uuid.uuid4().hex[:16])
         self._lock = threading.Lock()
 
     @property
