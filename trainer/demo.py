@@ -74,6 +74,7 @@ class DemoConfig:
         pipeline: pipeline selections behind training.
         reselect_every: selection methods other than CREST select every this many epochs (1: every epoch; 0: as
             often as the selection can be hidden behind training, CRAIG's ``--lag`` from measurements).
+        warm_start: train random subsets while a run's first proxy selection is made (see ``TrainConfig``).
         data_dir: use (and keep) this data directory instead of a temporary one; datasets already there are reused.
         progress: show progress bars.
         method_options: per-method selector options.
@@ -98,6 +99,7 @@ class DemoConfig:
     engine: str = "opencl"
     pipeline: bool = True
     reselect_every: int = 0
+    warm_start: bool = True
     data_dir: Path | None = None
     progress: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -129,6 +131,7 @@ class DemoConfig:
             stop_at_accuracy=stop_at if tta else None,
             device=self.device,
             pipeline=self.pipeline,
+            warm_start=self.warm_start,
             reselect_every=self.reselect_every,
             options=dict(self.method_options.get(method, {})),
             progress=self.progress,

@@ -6,6 +6,7 @@ import math
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,6 +129,44 @@ def test_auto_reselect_interval_trains_each_selection_until_the_next_is_ready(da
     for e in chosen[1:]:
         assert trainer.results[e].proxy_version < e
     assert result.options["pushed_proxy_versions"] == sorted(set(result.options["pushed_proxy_versions"]))
+
+
+def test_warm_start_trains_random_subsets_until_the_first_selection_is_ready(daemon: StorageDaemon) -> None:
+    trainer = RecordingTrainer(config_for(daemon, method="craig", fraction=0.2, epochs=4, warm_start=True))
+    result = trainer.run()
+    first = result.options["selections"][0]
+    assert first["epoch"] == 0 and first["proxy_version"] is None  # epoch 0 did not wait: a random subset
+    craig = [s for s in result.options["selections"] if s["proxy_version"] is not None]
+    assert craig and craig[0]["proxy_version"] == 0 and craig[0]["epoch"] >= 1  # the initial model's selection
+    assert result.epochs[0]["selection_wait_seconds"] == 0.0
+    for rec in result.epochs:  # every epoch trains on exactly what it was given, warm or selected
+        held = trainer.results[max(e for e in trainer.results if e <= rec["epoch"])]
+        trained = np.concatenate([b.indices for b in trainer.batches[rec["epoch"]]])
+        assert sorted(trained.tolist()) == sorted(held.indices.tolist())
+        assert len(held) == round(0.2 * len(trainer.labels()))
+
+
+def test_next_epoch_stream_is_opened_while_this_epoch_trains(daemon: StorageDaemon) -> None:
+    opened: list[tuple[int, int]] = []  # (epoch streamed, epoch being trained when it was opened)
+
+    class Watching(RecordingTrainer):
+        training = -1
+
+        def stream(self, sel: Selection, epoch: int, position: int = 0, batch_size: int | None = None) -> Any:
+            opened.append((epoch, self.training))
+            return super().stream(sel, epoch, position, batch_size)
+
+        def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
+            self.training = state.epoch
+            super().train_step(batch, state, steps_in_epoch)
+
+    trainer = Watching(config_for(daemon, method="random", fraction=0.2, epochs=3))
+    result = trainer.run()
+    assert opened == [(0, -1), (1, 0), (2, 1)]  # each later epoch's stream opened during the one before
+    for rec in result.epochs:
+        held = trainer.results[rec["epoch"]]
+        trained = np.concatenate([b.indices for b in trainer.batches[rec["epoch"]]])
+        assert sorted(trained.tolist()) == sorted(held.indices.tolist())
 
 
 def test_strict_order_uses_the_proxy_pushed_right_before(daemon: StorageDaemon) -> None:
