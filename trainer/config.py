@@ -103,7 +103,8 @@ class TrainConfig:
         warm_start: with ``pipeline``, epochs that would wait for the run's first proxy selection (the initial
             model's, being made on the daemon) train on a seeded random subset of the same budget instead, as
             CREST's random warm-up does; the selection is trained on from the first epoch it is ready. Off: the
-            first epoch waits for it, as CRAIG's code does. Not used by ``crest``, which has ``crest_warmup``.
+            first epoch waits for it, as CRAIG's code does. With ``crest``, its random warm-up (``crest_warmup``)
+            goes on until the first selection arrives.
         checkpoint_dir: where to checkpoint (and resume from); ``None``: no checkpoints.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
         metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).

@@ -14,9 +14,10 @@ Pipelined (``pipeline=True``, the default; NeSSA's departure from the code, whic
 selects): when the trigger fires, the plan exports the model as it is, and the push and the selection run on a
 background thread while training goes on cycling the current coresets; when the new coresets arrive their stream is
 opened, and they replace the current ones at the first step their first coreset is here (no drift checks while a
-request is in flight). The first selection, which has no coresets
-to cycle, is waited for. Each selection's log line keeps ``requested_step`` beside ``step`` (when it was first
-trained on): the staleness the pipelining costs. ``pipeline=False`` waits for every selection, as the code does.
+request is in flight). The first selection, which has no coresets to cycle, is waited for (with ``warm_start``, the
+random warm-up goes on until it arrives). Each selection's log line keeps ``requested_step`` beside ``step`` (when it
+was first trained on): the staleness the pipelining costs. ``pipeline=False`` waits for every selection, as the
+code does.
 """
 
 from __future__ import annotations
@@ -97,13 +98,20 @@ class CrestPlan(Plan):
                         t.train_step(batch, state, steps_per_epoch)
                         t0 = t.maybe_checkpoint_mid(state, warm[0], self.state_dict(), t0)
                         continue
-                    if warm is not None:
-                        warm[1].close()
                     if (reselect or cycle is None) and pending is None:
                         if check is None:
                             check = self.check_set()
                         pending = self.request(epoch, state)
                         reselect = False
+                    if warm is not None and cycle is None and self._extends_warmup(pending):
+                        batch = next(warm[1], None)  # warm_start: random mini-batches while the first is made
+                        if batch is not None:
+                            t.meter.wait(state, warm[1].last_wait)
+                            t.train_step(batch, state, steps_per_epoch)
+                            t0 = t.maybe_checkpoint_mid(state, warm[0], self.state_dict(), t0)
+                            continue
+                    if warm is not None:
+                        warm[1].close()
                     if pending is not None and incoming is None and cycle is not None and cfg.pipeline:
                         sel_ready = self.pipeline.peek(pending)
                         if sel_ready is not None:  # open its stream now; switch once its first coreset is here
@@ -161,13 +169,22 @@ class CrestPlan(Plan):
             if warm is not None:
                 warm[1].close()
 
+    def _extends_warmup(self, pending: int | None) -> bool:
+        """With ``warm_start``: the first selection is still being made, so the warm-up goes on."""
+        cfg = self.trainer.config
+        return cfg.warm_start and cfg.pipeline and pending is not None and not self.pipeline.ready(pending)
+
     def warmup(self, steps: int, done: int) -> tuple[Selection, Prefetch[TrainBatch]]:
-        """The warm-up's random mini-batches (``steps`` of them; ``done`` already trained), streamed."""
+        """The warm-up's random mini-batches (``steps`` of them; ``done`` already trained), streamed.
+
+        With ``warm_start`` the subset has an epoch's steps more, to train on while the first selection is made.
+        """
         t = self.trainer
         b = t.config.batch_size
+        extra = self.steps_per_epoch() if t.config.warm_start and t.config.pipeline else 0
         sel = t.select(
             method="random",
-            count=min(t.info.num_samples, steps * b),
+            count=min(t.info.num_samples, (steps + extra) * b),
             seed=epoch_seed(t.config.seed, 0) ^ 0xC0FFEE,
             proxy_version=None,
             options={},
