@@ -52,6 +52,7 @@ class EpochPlan(Plan):
         self._job_seconds = 0.0  # seconds of the last selection job (push + select)
         self._ahead: tuple[int, str, Prefetch[TrainBatch]] | None = None  # (epoch, selection id, stream) opened ahead
         self._warming: int | None = None  # with warm_start: the key of the first selection while it is being made
+        self._next_warm: tuple[int, Selection] | None = None  # the next epoch's warm-up subset, asked for ahead
 
     def state_dict(self) -> dict[str, Any]:
         """The plan's resumable state.
@@ -123,7 +124,9 @@ class EpochPlan(Plan):
                         self.pipeline.submit(last_job)
                     if self._warms(key, held):
                         self._warming = key
-                        held = self.warm_selection(epoch)
+                        ready = self._next_warm
+                        held = ready[1] if ready is not None and ready[0] == epoch else self.warm_selection(epoch)
+                        self._next_warm = None
                         next_select = epoch + 1  # look again next epoch
                     else:
                         self._warming = None
@@ -180,6 +183,12 @@ class EpochPlan(Plan):
             return None
         if epoch < self.next_select:
             return held
+        if self._warming is not None:  # the first selection if it is ready, else the next warm-up subset
+            first = self.pipeline.peek(self._warming)
+            if first is not None:
+                return first
+            self._next_warm = (epoch, self.warm_selection(epoch))
+            return self._next_warm[1]
         return self.pipeline.peek(epoch)
 
     def _close_ahead(self) -> None:
