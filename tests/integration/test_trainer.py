@@ -79,7 +79,6 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
         used = torch.cat([b.w for b in trainer.batches[e]]).numpy()
         assert np.allclose(used, [weight_of[i] for i in trained.tolist()])
         assert rec["payload_bytes"] == rec["selected_bytes"] == sel.selected_bytes
-        assert rec["payload_bytes"] <= rec["bytes_to_trainer"] <= rec["payload_bytes"] * 1.25 + 10_000
         assert rec["subset_size"] == len(sel) == rec["samples"]
         assert abs(len(sel) - 0.2 * n_train) <= 10
         # data wait is measured and includes the wait for the selection
@@ -88,6 +87,10 @@ def test_pipelined_craig_streams_exactly_the_selection_and_trains_on_its_weights
         # CRAIG's weights are cluster sizes, not all ones, and the loss that trained used them
         assert not np.allclose(sel.weights, 1.0)
         assert rec["train_weighted_loss"] != pytest.approx(rec["train_loss"], rel=1e-3)
+    # bytes received are the selections' bytes plus framing (an epoch's record counts what arrived during it: the
+    # next epoch's stream opens ahead, so per epoch they shift; the run's total does not)
+    payload = sum(r["payload_bytes"] for r in result.epochs)
+    assert payload <= sum(r["bytes_to_trainer"] for r in result.epochs) <= payload * 1.25 + 3 * 10_000
     # pipelined: epoch e's selection used the proxy of the end of epoch e-1 (epochs 0 and 1 the initial one)
     assert [trainer.results[e].proxy_version for e in range(3)] == [0, 0, 1]
     assert result.options["pushed_proxy_versions"] == [0, 1]
