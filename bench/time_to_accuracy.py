@@ -3,8 +3,10 @@
 The demo's data (MNIST-1D), model (1-D CNN), placement (daemon and trainer on disjoint CPUs) and protocol
 (:mod:`nessa.trainer.protocol`): full data once per seed sets the targets (its median final accuracy − 1 and − 0.5
 pt); every method × fraction then trains until it reaches the harder target or has seen as many samples as the full
-run, with the same schedule in samples seen. Methods: ``random``, ``craig``, ``crest`` (with ``drop_learned``),
-``adacore`` and ``partitions`` (NeSSA's partition plan with CRAIG's selector, one coreset per step).
+run, with the same schedule in samples seen. Methods: ``full-short`` (full data for the steps of a fraction run,
+the schedule compressed), ``random``, ``rs2`` (random without replacement across epochs), ``craig``, ``crest``
+(with ``drop_learned``), ``adacore`` and ``partitions`` (NeSSA's partition plan with CRAIG's selector, one coreset
+per step). InfoBatch, whose cost does not follow the fraction, is in ``nessa demo``.
 
 Prints one time-to-target table per fraction, then the summary (time to full − 1 pt as a share of full data's,
 median [min–max] over seeds) and what it says: the fastest method and fraction, and whether random is as good (their
@@ -42,7 +44,9 @@ from nessa.trainer.protocol import (
 
 #: The methods of the bench: name → (selector, plan, options).
 METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "full-short": ("full-short", "", {}),
     "random": ("random", "", {}),
+    "rs2": ("rs2", "", {}),
     "craig": ("craig", "", {}),
     "crest": ("crest", "", {"drop_learned": True}),
     "adacore": ("adacore", "", {}),
@@ -54,7 +58,7 @@ def run_config(demo: DemoConfig, name: str, address: str, cpus: str, seed: int, 
     """The time-to-accuracy run of bench method ``name`` at ``demo.fraction``."""
     method, plan, options = METHODS[name]
     base = demo.train_config(method, address, cpus, seed=seed, stop_at=stop_at)
-    return replace(base, plan=plan, options={**base.options, **options}, progress_desc=f"{name} {demo.fraction:g}")
+    return replace(base, plan=plan, options={**base.options, **options}, progress_desc=demo.label(name))
 
 
 def _share(entry: dict[str, Any], full_median: float | None) -> str:
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         say(f"{name} at {frac:g}, seed {s}")
                         result = train(run_config(at, name, address, trainer_cpus, s, hardest), echo=lambda _s: None)
                         runs.append(run_facts(result, targets, s))
-                    entries.append({"method": name, "fraction": frac, "runs": runs,
+                    entries.append({"method": name, "fraction": frac, "label": at.label(name), "runs": runs,
                                     "summary": summarize(runs, targets)})  # fmt: skip
                 report["fractions"][f"{frac:g}"] = entries[1:]
                 table = {"targets": targets, "methods": entries, "config": {"seeds": seeds}}

@@ -52,7 +52,7 @@ def method_needs_proxy(method: str, options: dict[str, Any] | None = None) -> bo
         InvalidArgumentError: a method the selection library does not have, bad options, or a method that needs
             inputs a storage daemon cannot compute (before anything is exported or pushed).
     """
-    if method == "full":
+    if method in ("full", "infobatch"):  # infobatch: the trainer's plan scores samples by its own losses
         return False
     from nessa.proxy.inputs import plan_inputs
     from nessa.selection import available, required_inputs
@@ -122,6 +122,10 @@ class TrainConfig:
         crest_check_size: samples in CREST's check set V_r, drawn at random from the training set once per run.
         crest_warmup: before CREST's first selection, train this fraction of an epoch's steps on random mini-batches
             of the whole set (CREST's code trains one such fractional epoch: 1.0); 0 selects at step 0.
+        infobatch_delta: InfoBatch's δ: epochs after ``δ · epochs`` train on every sample (annealing; the code's
+            0.875). With ``infobatch`` the ``fraction`` is the keep ratio of well-learned samples (``1 − r``).
+        epochs_budget: with ``full``, train for the steps a fraction-``epochs_budget`` run takes in ``epochs`` epochs
+            (``ceil(epochs · epochs_budget)`` epochs, the schedule over them): the "just train less" baseline. 0: off.
         eval_batch_size: batch size of evaluation.
         prefetch_batches: decoded batches kept ready by the prefetch thread.
         stream_batch_size: samples per streamed message (0: ``batch_size``).
@@ -173,6 +177,8 @@ class TrainConfig:
     crest_batch_num_mul: int = 5
     crest_check_size: int = 512
     crest_warmup: float = 1.0
+    infobatch_delta: float = 0.875
+    epochs_budget: float = 0.0
     eval_batch_size: int = 1024
     prefetch_batches: int = 4
     stream_batch_size: int = 0
@@ -191,6 +197,13 @@ class TrainConfig:
             raise InvalidArgumentError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
         if not self.dataset or not self.test_dataset:
             raise InvalidArgumentError("give both --dataset and --test-dataset (names the daemon serves)")
+        if not (math.isfinite(self.epochs_budget) and 0 <= self.epochs_budget <= 1):
+            raise InvalidArgumentError(f"epochs_budget must be in [0, 1]; got {self.epochs_budget!r}")
+        if self.epochs_budget and self.method != "full":
+            raise InvalidArgumentError("epochs_budget is for method full (the fewer-epochs baseline)")
+        if self.epochs_budget and self.epochs >= 1:
+            self.epochs = max(1, math.ceil(self.epochs * self.epochs_budget))
+            self.epochs_budget = 0.0  # applied (a copy of this config does not shrink the epochs again)
         if self.method == "full":
             self.fraction = 1.0
         elif not (isinstance(self.fraction, float | int) and 0 < self.fraction <= 1):
@@ -220,6 +233,8 @@ class TrainConfig:
             raise InvalidArgumentError("crest_tau and crest_interval_mul must be > 0")
         if self.stop_at_accuracy is not None and not 0 < self.stop_at_accuracy <= 1:
             raise InvalidArgumentError(f"stop_at_accuracy must be in (0, 1]; got {self.stop_at_accuracy!r}")
+        if not (math.isfinite(self.infobatch_delta) and 0 <= self.infobatch_delta <= 1):
+            raise InvalidArgumentError(f"infobatch_delta must be in [0, 1]; got {self.infobatch_delta!r}")
         if not (math.isfinite(self.crest_warmup) and self.crest_warmup >= 0):
             raise InvalidArgumentError(f"crest_warmup must be a fraction of an epoch >= 0; got {self.crest_warmup!r}")
         if self.method == "crest" and self.options.get("minibatch_size", self.batch_size) != self.batch_size:

@@ -54,8 +54,15 @@ __all__ = [
     "start_daemon",
 ]
 
-#: Methods the demo compares by default.
-DEFAULT_METHODS = ("full", "random", "craig", "crest")
+#: Full data for the steps a ``fraction`` run takes (the schedule compressed): "just train less".
+FULL_SHORT = "full-short"
+#: Methods the demo compares by default: full data, the baselines a user would pick instead, NeSSA's selectors.
+DEFAULT_METHODS = ("full", FULL_SHORT, "random", "rs2", "infobatch", "craig", "crest")
+#: InfoBatch's keep ratio of well-learned samples in the demo (the code's default prune ratio r = 0.5).
+INFOBATCH_KEEP = 0.5
+#: Methods whose runs keep the full run's epochs and schedule in a time-to-accuracy run (their epochs shrink by
+#: themselves, or their budget is the schedule); every other method gets ``epochs / fraction`` epochs.
+_FULL_SCHEDULE = ("full", "infobatch")
 #: CRAIG with stochastic greedy (ε = 0.1): 0.9988 of lazy greedy's objective on the demo's gradients at 0.6 of
 #: its selection time (measured: lazy 323.8, stochastic 323.4; 1.45 s -> 0.85 s), CRAIG's code's ``--st_grd``.
 DEFAULT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"craig": {"optimizer": "stochastic", "epsilon": 0.1}}
@@ -123,17 +130,20 @@ class DemoConfig:
         """The ``nessa train`` settings of ``method``'s run (against the daemon at ``target``, pinned to ``cpus``).
 
         With ``stop_at`` it is the time-to-accuracy run: ``epochs / fraction`` epochs (as many samples as the full
-        run, with the same warm-up and schedule in samples seen) that stops once ``stop_at`` is reached.
+        run, with the same warm-up and schedule in samples seen) that stops once ``stop_at`` is reached; ``infobatch``
+        keeps the full run's epochs (its epochs shrink by themselves) and ``full-short`` its own shorter schedule.
         """
-        share = 1.0 if method == "full" else self.fraction
+        selector = self.selector_of(method)
+        share = 1.0 if selector in _FULL_SCHEDULE else self.fraction
         tta = stop_at is not None and method != "full"
         return TrainConfig(
             target=target,
             dataset=DATASET,
             test_dataset=TEST_DATASET,
             model="cnn1d",
-            method=method,
-            fraction=self.fraction,
+            method=selector,
+            fraction=INFOBATCH_KEEP if selector == "infobatch" else self.fraction,
+            epochs_budget=self.fraction if method == FULL_SHORT else 0.0,
             epochs=math.ceil(self.epochs / share) if tta else self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -148,8 +158,24 @@ class DemoConfig:
             progress=self.progress,
             torch_threads=0 if cpus else self.torch_threads,
             cpus=cpus,
-            progress_desc=method if method == "full" else f"{method} {self.fraction * 100:g}%",
+            progress_desc=self.label(method),
         )
+
+    def label(self, method: str) -> str:
+        """How tables name ``method``'s runs (with its budget)."""
+        if method == "full":
+            return method
+        if method == FULL_SHORT:
+            short = math.ceil(self.epochs * self.fraction)
+            return f"{method} ({short} epoch{'s' if short != 1 else ''})"
+        if method == "infobatch":
+            return f"infobatch r={1 - INFOBATCH_KEEP:g}"
+        return f"{method} {self.fraction * 100:g}%"
+
+    @staticmethod
+    def selector_of(method: str) -> str:
+        """The library method a demo method runs (``full-short`` is ``full`` with fewer epochs)."""
+        return "full" if method == FULL_SHORT else method
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -350,7 +376,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
 
     def entry(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         fraction = 1.0 if method == "full" else cfg.fraction
-        return {"method": method, "fraction": fraction, "runs": runs, "summary": summarize(runs, targets)}
+        return {"method": method, "fraction": fraction, "label": cfg.label(method), "runs": runs,
+                "summary": summarize(runs, targets)}  # fmt: skip
 
     methods = [entry("full", full_facts)] + [entry(m, [run_facts(r, targets, s) for s, r in tta[m]]) for m in others]
     report: dict[str, Any] = {

@@ -199,8 +199,11 @@ class Trainer:
         path.load_state_dict({"position": position})
         return path
 
-    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
-        """One weighted SGD step (loss ``mean(w_i · CE_i)``) at the schedule's learning rate."""
+    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> torch.Tensor:
+        """One weighted SGD step (loss ``mean(w_i · CE_i)``) at the schedule's learning rate.
+
+        Returns the batch's unweighted per-sample losses (detached; what InfoBatch scores samples by).
+        """
         lr = self.schedule.lr_for_step(state.epoch, min(state.step, steps_in_epoch - 1), steps_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -227,6 +230,7 @@ class Trainer:
             payload=batch.payload_bytes,
         )
         self.console.step()
+        return per_sample.detach()
 
     def maybe_checkpoint_mid(self, state: EpochState, sel: Selection, plan_state: dict[str, Any], t0: float) -> float:
         """Checkpoint inside the epoch every ``checkpoint_every_steps``; returns the new timing segment's start."""

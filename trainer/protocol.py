@@ -121,6 +121,8 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _label(entry: dict[str, Any]) -> str:
+    if entry.get("label"):
+        return str(entry["label"])
     return entry["method"] if entry["method"] == "full" else f"{entry['method']} {entry['fraction'] * 100:g}%"
 
 

@@ -40,9 +40,9 @@ class RecordingTrainer(Trainer):
         self.results[epoch] = sel
         super().log_selection(epoch, sel, step)
 
-    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
+    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> torch.Tensor:
         self.batches.setdefault(state.epoch, []).append(batch)
-        super().train_step(batch, state, steps_in_epoch)
+        return super().train_step(batch, state, steps_in_epoch)
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -159,9 +159,9 @@ def test_next_epoch_stream_is_opened_while_this_epoch_trains(daemon: StorageDaem
             opened.append((epoch, self.training))
             return super().stream(sel, epoch, position, batch_size)
 
-        def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
+        def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> torch.Tensor:
             self.training = state.epoch
-            super().train_step(batch, state, steps_in_epoch)
+            return super().train_step(batch, state, steps_in_epoch)
 
     trainer = Watching(config_for(daemon, method="random", fraction=0.2, epochs=3))
     result = trainer.run()
@@ -357,3 +357,34 @@ def test_bad_settings_are_clear_errors(daemon: StorageDaemon, tmp_path: Path) ->
     train(config_for(daemon, method="random", epochs=1, checkpoint_dir=str(ckpt)))
     with pytest.raises(FailedPreconditionError, match="another run"):
         train(config_for(daemon, method="random", epochs=1, fraction=0.3, checkpoint_dir=str(ckpt)))
+
+
+def test_infobatch_prunes_learned_samples_by_training_loss_then_anneals(daemon: StorageDaemon) -> None:
+    trainer = RecordingTrainer(config_for(daemon, method="infobatch", fraction=0.5, epochs=4, infobatch_delta=0.5))
+    result = trainer.run()
+    n = trainer.info.num_samples
+    assert result.bytes_to_storage == 0 or result.options["pushed_proxy_versions"] == []  # no proxy
+    sizes = [r["subset_size"] for r in result.epochs]
+    assert sizes[0] == n  # every score starts at 3: nothing is below the mean
+    assert sizes[1] < n and sizes[2] < n and sizes[3] == n  # epochs <= δ·E = 2 prune (the code's rule), then anneal
+    sel = trainer.results[1]
+    trained = np.concatenate([b.indices for b in trainer.batches[1]])
+    assert sorted(trained.tolist()) == sorted(sel.indices.tolist())
+    weights = torch.cat([b.w for b in trainer.batches[1]]).numpy()
+    assert set(np.round(np.unique(weights), 4).tolist()) == {1.0, 2.0}  # kept learned samples weigh 1/keep
+    assert n - sizes[1] == result.epochs[1]["pruned"] > 0
+    assert np.all(torch.cat([b.w for b in trainer.batches[3]]).numpy() == 1.0)
+    plan_scores = trainer.plan.state_dict()["scores"]
+    assert np.all(plan_scores != 3.0)  # every sample was trained on, and its loss replaced the initial 3
+
+
+def test_rs2_through_the_daemon_covers_the_set_before_repeating(daemon: StorageDaemon) -> None:
+    trainer = RecordingTrainer(config_for(daemon, method="rs2", fraction=0.3, epochs=4))
+    result = trainer.run()
+    assert result.bytes_to_storage == 0 or not result.options["pushed_proxy_versions"]
+    n = trainer.info.num_samples
+    firsts = [trainer.results[e].indices for e in range(3)]  # 3 × 30 %: 90 % of the set, no sample twice
+    union = np.concatenate(firsts)
+    assert len(set(union.tolist())) == union.size
+    fourth = trainer.results[3].indices  # the last 10 % of the first order, then the next order
+    assert len(set(np.concatenate([union, fourth]).tolist())) == n

@@ -54,10 +54,11 @@ def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> Non
     seeds = report["config"]["seeds"]
     assert len(seeds) == 2
     methods = report["methods"]
-    assert [m["method"] for m in methods] == ["full", "random", "craig", "crest"]
+    names = ["full", "full-short", "random", "rs2", "infobatch", "craig", "crest"]
+    assert [m["method"] for m in methods] == names
     epochs = report["config"]["epochs"]
     for m in methods:
-        assert m["fraction"] == (1.0 if m["method"] == "full" else 0.1)
+        assert m["fraction"] == (1.0 if m["method"] == "full" else 0.1) and m["label"]
         assert [r["seed"] for r in m["runs"]] == seeds
         for r in m["runs"]:
             assert RUN_KEYS <= set(r), RUN_KEYS - set(r)
@@ -69,6 +70,10 @@ def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> Non
                 assert hit is None or 0 < hit["seconds"] <= r["wall_seconds"] + 1e-9
             if m["method"] == "full":
                 assert len(r["epochs"]) == epochs
+            elif m["method"] == "full-short":  # full data for the steps of a 10 % run: ceil(0.1 · epochs) epochs
+                assert 1 <= len(r["epochs"]) <= -(-epochs // 10)
+            elif m["method"] == "infobatch":  # the full run's epochs, each pruned
+                assert 1 <= len(r["epochs"]) <= epochs
             else:  # trains until the harder target or as many samples as the full run: at most epochs / fraction
                 assert 1 <= len(r["epochs"]) <= round(epochs / m["fraction"])
         final = m["summary"]["final_accuracy"]
@@ -76,16 +81,20 @@ def test_demo_quick_writes_a_complete_report_and_a_figure(tmp_path: Path) -> Non
     full = methods[0]
     assert all(r["final_accuracy"] > 0.5 for r in full["runs"])  # the baseline learns
     assert full["summary"]["targets"]["full-1pt"]["all_reached"]  # the median minus a point: every full run gets there
-    craig_runs = methods[2]["runs"]
+    by = {m["method"]: m for m in methods}
+    craig_runs = by["craig"]["runs"]
     assert all(r["selection_seconds_per_epoch"] > 0 for r in craig_runs)  # the daemon's time is accounted
-    equal = report["equal_epochs"]["methods"]
-    assert [m["method"] for m in equal] == ["full", "random", "craig", "crest"]
-    for m in equal[1:]:  # equal epochs: a tenth of the samples, about a tenth of the bytes
-        for r, f in zip(m["runs"], full["runs"], strict=True):
+    equal = {m["method"]: m for m in report["equal_epochs"]["methods"]}
+    assert list(equal) == names
+    for name in ("random", "rs2", "craig", "crest"):  # equal epochs: a tenth of the samples, about a tenth of the bytes
+        for r, f in zip(equal[name]["runs"], full["runs"], strict=True):
             assert len(r["epochs"]) == epochs
             assert r["bytes_to_trainer"] < 0.25 * f["bytes_to_trainer"]
-    assert all(r["bytes_to_storage"] == 0 for r in equal[1]["runs"])  # random needs no proxy
-    assert all(r["bytes_to_storage"] > 0 for r in equal[2]["runs"])  # craig pushes proxies
+    for r, f in zip(equal["infobatch"]["runs"], full["runs"], strict=True):  # pruned epochs: fewer bytes than full
+        assert len(r["epochs"]) == epochs and r["bytes_to_trainer"] < f["bytes_to_trainer"]
+    for name in ("random", "rs2", "infobatch", "full-short"):  # no proxy for methods that need none
+        assert all(r["bytes_to_storage"] == 0 for r in equal[name]["runs"])
+    assert all(r["bytes_to_storage"] > 0 for r in equal["craig"]["runs"])  # craig pushes proxies
     assert report["findings"] and all(isinstance(f, str) for f in report["findings"])
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
