@@ -287,6 +287,12 @@ class _TrainerFamilies:
             [*_RUN, "dataset"],
             registry=registry,
         )
+        self.energy = Counter(
+            "nessa_energy_joules_total",
+            "Energy of the run's processes (component: trainer, daemon; source: measured or estimated).",
+            [*_RUN, "component", "source"],
+            registry=registry,
+        )
         self.loss = Gauge(
             "nessa_trainer_loss",
             "Mean loss of the latest epoch, by split (train, test).",
@@ -365,6 +371,10 @@ class TrainerMetrics:
     def trained_samples(self, dataset: str) -> Counter:
         """``nessa_trainer_trained_samples_total`` of ``dataset``."""
         return self._f.trained_samples.labels(method=self.method, run=self.run, dataset=dataset)
+
+    def energy(self, component: str, source: str) -> Counter:
+        """``nessa_energy_joules_total`` of ``component`` (trainer, daemon), labelled measured or estimated."""
+        return self._f.energy.labels(method=self.method, run=self.run, component=component, source=source)
 
     def loss(self, split: str) -> Gauge:
         """``nessa_trainer_loss`` of ``split`` (train, test)."""

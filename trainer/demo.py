@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nessa.energy import EnergyMeter
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.placement import format_cpus, split_cpus
 from nessa.trainer.config import TrainConfig
@@ -197,9 +198,16 @@ QUICK = {"num_samples": 10_000, "epochs": 4, "seeds": 2}
 
 @contextmanager
 def start_daemon(
-    data_dir: Path, engine: str = "opencl", timeout: float = 180.0, log_path: Path | None = None, cpus: str = ""
+    data_dir: Path,
+    engine: str = "opencl",
+    timeout: float = 180.0,
+    log_path: Path | None = None,
+    cpus: str = "",
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
     """Run ``nessa serve`` over ``data_dir`` on a free loopback port; yields ``host:port`` once it is SERVING.
+
+    ``pids`` (when given) gets the daemon's process id (to meter its energy).
 
     The daemon is stopped with SIGTERM (then killed after a grace period) when the context exits.
     """
@@ -230,6 +238,8 @@ def start_daemon(
         cmd += ["--cpus", cpus]
     log_file = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         address = _read_address(proc, timeout)
         deadline = time.monotonic() + timeout
@@ -337,21 +347,28 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
     quiet = echo if not cfg.progress else (lambda _s: None)
     try:
         _prepare_data(cfg, data_dir, echo)
-        with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus) as address:
+        pids: list[int] = []
+        with start_daemon(
+            data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus, pids=pids
+        ) as address:
+            metered = {"daemon": EnergyMeter(pids[0])}
             echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine}); seeds {seeds}")
-            full_runs.extend(train(cfg.train_config("full", address, trainer_cpus, seed=s), echo=quiet) for s in seeds)
+            full_runs.extend(
+                train(cfg.train_config("full", address, trainer_cpus, seed=s), echo=quiet, energy=metered)
+                for s in seeds
+            )
             targets = targets_from([r.final_accuracy for r in full_runs])
             hardest = max(targets.values())
             echo("targets: " + ", ".join(f"{n} = {a * 100:.2f}%" for n, a in targets.items()))
             for method in others:
                 for seed in seeds:
                     run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed, stop_at=hardest)
-                    tta[method].append((seed, train(run_cfg, echo=quiet)))
+                    tta[method].append((seed, train(run_cfg, echo=quiet, energy=metered)))
             if cfg.equal_epochs:
                 for method in others:
                     for seed in seeds:
                         run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed)
-                        equal[method].append((seed, train(run_cfg, echo=quiet)))
+                        equal[method].append((seed, train(run_cfg, echo=quiet, energy=metered)))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nessa.client import StorageClient
+from nessa.energy import EnergyMeter
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.order import Partition, epoch_seed
 from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
@@ -51,10 +52,16 @@ class Trainer:
         config: the run.
         client: a client to use (default: one built from ``config.target``, ``token`` and ``tls``).
         echo: where per-epoch lines go (default: the ``nessa.trainer`` logger at INFO).
+        energy: other processes to meter for the run beside this one (``{"daemon": EnergyMeter(pid)}``); each
+            epoch record has ``energy_joules_total`` per component and the result's options ``energy``.
     """
 
     def __init__(
-        self, config: TrainConfig, client: StorageClient | None = None, echo: Callable[[str], None] | None = None
+        self,
+        config: TrainConfig,
+        client: StorageClient | None = None,
+        echo: Callable[[str], None] | None = None,
+        energy: dict[str, EnergyMeter] | None = None,
     ) -> None:
         self.config = config
         self.client = client or StorageClient(config.target, token=config.token, tls=config.tls)
@@ -72,6 +79,10 @@ class Trainer:
         self._metrics_server: Any = None
         self._labels: np.ndarray | None = None
         self.stop_requested = False  # set when the run reached stop_at_accuracy
+        gpu = (self.device.index or 0) if self.device.type == "cuda" else None
+        # this process's energy, and others' the caller measures for the run (e.g. the daemon's, by pid)
+        self.energy: dict[str, EnergyMeter] = {"trainer": EnergyMeter(gpu_index=gpu), **(energy or {})}
+        self._energy_marks: dict[str, float] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -260,6 +271,7 @@ class Trainer:
         used = SelectionUsed(sel.id, sel.proxy_version, sel.timings.total_seconds)
         lr = float(self.optimizer.param_groups[0]["lr"])
         record = self.meter.end_epoch(state, used, test_loss, test_acc, lr, extra)
+        record["energy_joules_total"] = self._energy_now()
         self.say(Meter.epoch_line(cfg.method, cfg.epochs, record))
         if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
             self.stop_requested = True
@@ -340,6 +352,8 @@ class Trainer:
         self.meter.publish_bytes(cfg.test_dataset)
         self.meter.totals["eval_bytes"] += self.meter.take_bytes()[0]
         self.meter.totals["eval_seconds"] += time.perf_counter() - start
+        for meter in self.energy.values():
+            meter.reset()
         start_epoch = 0 if ckpt is None else int(ckpt["next_epoch"])
         current = None if ckpt is None else Checkpoint.current(ckpt)
         if ckpt is not None:
@@ -369,15 +383,31 @@ class Trainer:
         self._metrics_server.server_close()
         self._metrics_server = None
 
+    def _energy_now(self) -> dict[str, float]:
+        """Cumulative joules per component since the run started (and the metric brought up to date)."""
+        out = {}
+        for name, meter in self.energy.items():
+            reading = meter.read()
+            out[name] = reading.joules
+            delta = reading.joules - self._energy_marks.get(name, 0.0)
+            if delta > 0:
+                self.meter.metrics.energy(name, "measured" if reading.measured else "estimated").inc(delta)
+            self._energy_marks[name] = reading.joules
+        return out
+
     def _result(self) -> RunResult:
         cfg = self.config
         run = {"plan": self.plan.name, "session": self.run_id, "placement": self.placement}
+        run["energy"] = {name: meter.read().as_dict() for name, meter in self.energy.items()}
         options = {**run, "pushed_proxy_versions": list(self.pushed_versions), "selections": list(self.selections)}
         return self.meter.result(cfg, str(self.device), options)
 
 
 def train(
-    config: TrainConfig, client: StorageClient | None = None, echo: Callable[[str], None] | None = None
+    config: TrainConfig,
+    client: StorageClient | None = None,
+    echo: Callable[[str], None] | None = None,
+    energy: dict[str, EnergyMeter] | None = None,
 ) -> RunResult:
-    """Run one training job (see :class:`Trainer`) and return its result."""
-    return Trainer(config, client=client, echo=echo).run()
+    """Run one training job (see :class:`Trainer`) and return its result (``energy``: other processes to meter)."""
+    return Trainer(config, client=client, echo=echo, energy=energy).run()

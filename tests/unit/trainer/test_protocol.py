@@ -20,6 +20,7 @@ def epochs(accs: list[float], seconds_per_epoch: float, bytes_per_epoch: int = 1
             "bytes_to_trainer_total": bytes_per_epoch * (i + 1),
             "bytes_to_storage_total": 10 * (i + 1),
             "samples": 100,
+            "energy_joules_total": {"trainer": 5.0 * (i + 1), "daemon": 1.0 * (i + 1)},
         }
         for i, a in enumerate(accs)
     ]
@@ -55,7 +56,7 @@ def test_targets_are_the_full_median_minus_one_and_a_half_points() -> None:
 def test_reach_reports_the_first_epoch_at_or_above_the_target_with_cumulative_seconds_and_bytes() -> None:
     eps = epochs([0.5, 0.9, 0.95], seconds_per_epoch=2.0)
     hit = reach(eps, 0.9)
-    assert hit == {"seconds": 4.0, "bytes": 2000.0 + 20.0, "epoch": 1.0, "samples": 200.0}
+    assert hit == {"seconds": 4.0, "bytes": 2000.0 + 20.0, "epoch": 1.0, "samples": 200.0, "joules": 12.0}
     assert reach(eps, 0.96) is None
 
 
