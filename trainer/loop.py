@@ -352,8 +352,10 @@ class Trainer:
         self.meter.publish_bytes(cfg.test_dataset)
         self.meter.totals["eval_bytes"] += self.meter.take_bytes()[0]
         self.meter.totals["eval_seconds"] += time.perf_counter() - start
-        for meter in self.energy.values():
+        for name, meter in self.energy.items():
             meter.reset()
+            source = "measured" if meter.read().measured else "estimated"
+            self.meter.metrics.energy(name, source)  # the series exist at zero before the first epoch's increase
         start_epoch = 0 if ckpt is None else int(ckpt["next_epoch"])
         current = None if ckpt is None else Checkpoint.current(ckpt)
         if ckpt is not None:
