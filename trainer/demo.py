@@ -188,6 +188,8 @@ class DemoConfig:
             raise InvalidArgumentError(f"--methods repeats a method: {','.join(self.methods)}")
         if "full" not in self.methods:
             raise InvalidArgumentError("--methods needs full: the targets are full data's accuracy minus 1 and 0.5 pt")
+        if not (isinstance(self.fraction, float | int) and 0 < self.fraction <= 1):
+            raise InvalidArgumentError(f"--fraction must be in (0, 1]; got {self.fraction!r}")
         if self.seeds < 1:
             raise InvalidArgumentError(f"--seeds must be >= 1; got {self.seeds}")
 
