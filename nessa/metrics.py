@@ -288,7 +288,7 @@ class _TrainerFamilies:
             registry=registry,
         )
         self.energy = Counter(
-            "nessa_energy_joules_total",
+            "nessa_trainer_energy_joules_total",
             "Energy of the run's processes (component: trainer, daemon; source: measured or estimated).",
             [*_RUN, "component", "source"],
             registry=registry,
@@ -373,7 +373,7 @@ class TrainerMetrics:
         return self._f.trained_samples.labels(method=self.method, run=self.run, dataset=dataset)
 
     def energy(self, component: str, source: str) -> Counter:
-        """``nessa_energy_joules_total`` of ``component`` (trainer, daemon), labelled measured or estimated."""
+        """``nessa_trainer_energy_joules_total`` of ``component`` (trainer, daemon), labelled measured or estimated."""
         return self._f.energy.labels(method=self.method, run=self.run, component=component, source=source)
 
     def loss(self, split: str) -> Gauge:

@@ -23,6 +23,7 @@ import numpy as np
 
 from nessa.errors import InvalidArgumentError
 from nessa.selection.base import Budget, SelectionInputs, Selector, Subset
+from nessa.selection.budget import count_from_budget
 from nessa.selection.options import Options
 from nessa.selection.registry import register
 
@@ -115,6 +116,7 @@ class InfoBatch(Selector):
         return ("losses",)
 
     def _select(self, inputs: SelectionInputs, budget: Budget, seed: int) -> Subset:
+        count_from_budget(len(inputs), budget)  # the budget checks every method makes
         if not isinstance(budget, float) or not MIN_KEEP_RATIO <= budget <= 1.0:
             raise InvalidArgumentError(
                 f"infobatch: give the keep ratio of well-learned samples as a fraction in [{MIN_KEEP_RATIO}, 1] "

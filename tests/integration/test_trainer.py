@@ -391,7 +391,7 @@ def test_rs2_through_the_daemon_covers_the_set_before_repeating(daemon: StorageD
 
 
 def test_each_run_reports_its_energy_per_epoch_and_as_a_metric(daemon: StorageDaemon) -> None:
-    before = _metric("nessa_energy_joules_total", component="trainer")
+    before = _metric("nessa_trainer_energy_joules_total", component="trainer")
     result = train(config_for(daemon, method="random", fraction=0.2, epochs=2))
     energy = result.options["energy"]["trainer"]
     assert (
@@ -399,4 +399,4 @@ def test_each_run_reports_its_energy_per_epoch_and_as_a_metric(daemon: StorageDa
     )
     per_epoch = [r["energy_joules_total"]["trainer"] for r in result.epochs]
     assert 0 < per_epoch[0] <= per_epoch[1] <= energy["joules"]  # cumulative, up to the run's total
-    assert _metric("nessa_energy_joules_total", component="trainer") - before == pytest.approx(per_epoch[-1])
+    assert _metric("nessa_trainer_energy_joules_total", component="trainer") - before == pytest.approx(per_epoch[-1])

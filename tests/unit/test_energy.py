@@ -24,7 +24,7 @@ def test_this_process_is_charged_for_the_cpu_it_used(monkeypatch: pytest.MonkeyP
     meter = EnergyMeter()
     _spin(0.2)
     reading = meter.read()
-    assert reading.cpu_seconds >= 0.19
+    assert reading.cpu_seconds >= 0.18
     if not reading.measured:  # no RAPL here: CPU seconds × W/core, and it says so
         assert reading.joules == pytest.approx(20 * reading.cpu_seconds)
         assert reading.source.startswith("estimated") and "20 W/core" in reading.source
