@@ -90,7 +90,7 @@ class Trainer:
             )
         if self.info.num_samples < 1 or self.test_info.num_samples < 1:
             raise FailedPreconditionError("the training and test datasets must hold samples; ingest them first")
-        self.decoder = SampleDecoder(self.info, cfg.model)
+        self.decoder = SampleDecoder(self.info, cfg.model, cfg.image_prep())
         self.placement = place(cfg.cpus)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -332,7 +332,7 @@ class Trainer:
             )
         start = time.perf_counter()
         self.meter.take_bytes()  # the describe calls before are setup (counted there), not evaluation
-        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device)
+        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device, cfg.image_prep())
         self.meter.publish_bytes(cfg.test_dataset)
         self.meter.totals["eval_bytes"] += self.meter.take_bytes()[0]
         self.meter.totals["eval_seconds"] += time.perf_counter() - start

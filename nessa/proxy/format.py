@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy.quantize import dequantize
+from nessa.store.images import IMAGE_CODECS, ImagePrep
 from nessa.v1 import proxy_pb2 as pb
 
 __all__ = [
@@ -222,6 +223,11 @@ class Proxy:
         spec = self._msg.input
         dtype: Literal["float32", "uint8"] = "uint8" if self.input_dtype == np.uint8 else "float32"
         return Normalization(mean=tuple(spec.mean), std=tuple(spec.std), dtype=dtype, scale=float(spec.scale))
+
+    @property
+    def image_prep(self) -> ImagePrep | None:
+        """How the daemon decodes encoded-image samples for this proxy (``None``: as stored)."""
+        return ImagePrep.from_message(self._msg.input.image)
 
     @property
     def output(self) -> str:
@@ -893,6 +899,13 @@ def check_input_dtype(proxy: Proxy, dataset_dtype: str | np.dtype | None, datase
     samples (converted to float32). ``dataset_dtype`` ``None`` or ``""``: the dataset stores encoded bytes, which
     no proxy reads.
     """
+    if dataset_dtype in IMAGE_CODECS:
+        if proxy.input_dtype != np.uint8:
+            raise InvalidArgumentError(
+                f"{dataset} stores {dataset_dtype} images, which decode to uint8 pixels; export the proxy with "
+                "Normalization(dtype='uint8', scale=1/255, ...)"
+            )
+        return
     if dataset_dtype is None or (isinstance(dataset_dtype, str) and not dataset_dtype):
         raise InvalidArgumentError(
             f"{dataset} stores encoded bytes, not arrays: the daemon cannot run a proxy over it; ingest the samples "

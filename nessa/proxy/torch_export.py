@@ -45,8 +45,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from nessa.errors import InvalidArgumentError
-from nessa.proxy.format import FORMAT_VERSION, INPUT, Normalization, Proxy, dtype_enum, op_enum
+from nessa.proxy.format import FORMAT_VERSION, INPUT, Normalization, Proxy, dtype_enum, op_enum, sample_layout
 from nessa.proxy.quantize import quantize_per_channel
+from nessa.store.images import ImagePrep
 from nessa.v1 import proxy_pb2 as pb
 
 __all__ = ["SUPPORTED", "UnsupportedOpError", "export"]
@@ -989,6 +990,7 @@ def export(
     version: int = 0,
     normalization: Normalization | None = None,
     fallback: bool = True,
+    image: ImagePrep | None = None,
 ) -> Proxy:
     """Export ``module`` to a proxy.
 
@@ -999,6 +1001,9 @@ def export(
         quantize: ``"int8"`` (symmetric per output channel) or ``None`` (float32 weights).
         version: the proxy's version (the trainer's epoch).
         normalization: how stored samples become the model's input (default: float32 samples used as they are).
+        image: for a dataset of encoded images (png, jpeg), how the daemon decodes them before the
+            normalization (:class:`nessa.store.images.ImagePrep`: mode, resize, center crop); its ``(H, W, C)``
+            must map to the proxy's input shape. Needs ``normalization`` of dtype ``uint8``.
         fallback: when the model has an op outside the vocabulary, carry it as a ``torch.export`` program instead
             (only the torch engine runs it; :attr:`Proxy.program_reason` names the op). ``False`` raises instead.
 
@@ -1031,7 +1036,7 @@ def export(
                 raise
             from nessa.proxy.torch_program import export_program
 
-            return export_program(module, example, norm, int(version), exc)
+            return _with_image(export_program(module, example, norm, int(version), exc), image)
     finally:
         module.train(was_training)
     out = ex.output
@@ -1076,4 +1081,21 @@ def export(
         msg.nodes.append(node)
     proxy = Proxy(msg)
     proxy.validate()
+    return _with_image(proxy, image)
+
+
+def _with_image(proxy: Proxy, image: ImagePrep | None) -> Proxy:
+    """``proxy`` with its image preprocessing recorded (checked against the input shape), sealed."""
+    if image is not None:
+        if not isinstance(image, ImagePrep):
+            raise InvalidArgumentError(f"image must be a nessa.store.images.ImagePrep; got {type(image).__name__}")
+        if proxy.input_dtype != np.uint8:
+            raise InvalidArgumentError(
+                "images decode to uint8 pixels: export with normalization=Normalization(dtype='uint8', scale=1/255)"
+            )
+        if image.shape is not None and sample_layout(image.shape, proxy.input_shape) is None:
+            raise InvalidArgumentError(
+                f"images cropped to {image.shape} (H, W, C) do not fit the proxy's input shape {proxy.input_shape}"
+            )
+        image.to_message(proxy.message.input.image)
     return proxy.seal()
