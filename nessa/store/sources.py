@@ -39,10 +39,11 @@ Generated sets (no downloads; ``num_samples`` is the total over both splits, ``t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -638,6 +639,7 @@ def ingest(
     overwrite: bool = False,
     quiet: bool = True,
     map_size: int | None = None,
+    dtype: str | None = None,
     **options: Any,
 ) -> list[Path]:
     """Ingest ``source`` into the dataset directory ``dest`` (and ``DEST-test``), atomically.
@@ -650,6 +652,8 @@ def ingest(
         overwrite: atomically replace existing datasets.
         quiet: no progress bar.
         map_size: initial LMDB map size per shard (default: estimated).
+        dtype: cast numeric samples to this dtype (:data:`CAST_DTYPES`; e.g. a Parquet file's float64 to the
+            float32 the trainer and proxies take); recorded in the manifest's ``source``.
         **options: passed to :func:`load_source` (``num_samples``, ``seed``, ``test_fraction``, ``sample_column``,
             ``label_column``, ``sample_shape``, ``columns``).
 
@@ -657,4 +661,54 @@ def ingest(
         The published dataset directories (``DEST`` first).
     """
     splits = load_source(source, format=format, **options)
+    if dtype is not None:
+        splits = [cast_split(split, dtype) for split in splits]
     return ingest_splits(splits, dest, shards=shards, overwrite=overwrite, quiet=quiet, map_size=map_size)
+
+
+#: Dtypes ``ingest(..., dtype=)`` casts numeric samples to.
+CAST_DTYPES = ("float32", "float16", "uint8", "int64")
+
+
+def cast_split(split: Split, dtype: str) -> Split:
+    """``split`` with its raw samples cast to ``dtype`` (recorded in the manifest's ``source`` as ``cast``).
+
+    Raises:
+        InvalidArgumentError: an unknown dtype, encoded samples, or values that do not fit (a cast to uint8 of
+            values outside 0..255, or of non-integers).
+    """
+    if dtype not in CAST_DTYPES:
+        raise InvalidArgumentError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(CAST_DTYPES)}")
+    codec = split.codec
+    if not codec.is_raw or codec.shape is None or codec.numpy_dtype is None:
+        raise InvalidArgumentError(
+            f"--dtype casts numeric samples; these are {codec.kind} bytes (images keep their encoding)"
+        )
+    have, want = codec.numpy_dtype, np.dtype(dtype)
+    if have == want:
+        return split
+    shape = codec.shape
+
+    def cast(values: Iterable[Any]) -> Iterator[bytes]:
+        for v in values:
+            arr = np.frombuffer(v, dtype=have).reshape(shape)
+            if want.kind in "iu":
+                info = np.iinfo(want)
+                if (
+                    not np.all(np.isfinite(arr))
+                    or np.any(arr != np.round(arr))
+                    or arr.min() < info.min
+                    or arr.max() > info.max
+                ):
+                    raise InvalidArgumentError(
+                        f"--dtype {dtype}: a sample holds values outside {dtype}'s range or non-integers; cast to "
+                        "float32 instead"
+                    )
+            yield np.ascontiguousarray(arr.astype(want)).tobytes()
+
+    return dataclasses.replace(
+        split,
+        codec=Codec.raw(want, shape),
+        values=cast(split.values),
+        source={**dict(split.source), "cast": f"{have.name} -> {want.name}"},
+    )
