@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from nessa.client import DatasetInfo, Selection, StorageClient
+from nessa.decode import InputDecoder
 from nessa.errors import InvalidArgumentError
 from nessa.order import Partition, epoch_seed
-from nessa.store.images import IMAGE_CODECS, ImagePrep, decode_images
 
 __all__ = ["Selector", "weighted_loss"]
 
-_SCALES = {"uint8": 1.0 / 255.0, "float32": 1.0}
 _END = object()
 
 
@@ -101,72 +100,40 @@ class Selector:
         self.options = dict(options or {})
         selector = create(method, **self.options)  # validates the method and its options
         self.needs_proxy = bool(plan_inputs(method, selector.required_inputs()).from_proxy)
-        self.image = ImagePrep(image_mode, image_size, image_size, image_size) if image_size else None
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        if len(self.mean) != len(self.std):
-            raise InvalidArgumentError("mean and std need the same length")
         from nessa.data import rank_and_world
 
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.prefetch = int(prefetch)
         self.client = StorageClient(target, token=token)
         self.info: DatasetInfo = self.client.describe(dataset)
-        self._layout()
+        self.decoder = InputDecoder(self.info, image_size, image_mode, mean, std)
+        self.input_shape = self.decoder.input_shape
         self.selection: Selection | None = None
         self._epoch = -1
         self._cursor: str | None = None
         self._resume: tuple[int, str, str | None] | None = None
 
-    # --- layout ---------------------------------------------------------------------------------------------------
-
-    def _layout(self) -> None:
-        info = self.info
-        if info.codec in IMAGE_CODECS:
-            if self.image is None or self.image.shape is None:
-                raise InvalidArgumentError(
-                    f"dataset {info.name!r} stores {info.codec} images: pass image_size=N (resize and center-crop "
-                    "to N x N, the same decode the daemon runs before the proxy)"
-                )
-            self.dtype, shape = "uint8", tuple(self.image.shape)
-        elif info.codec == "raw":
-            self.dtype, shape = info.dtype, tuple(int(d) for d in info.sample_shape)
-        else:
-            raise InvalidArgumentError(f"dataset {info.name!r} stores {info.codec!r} samples, which are not decoded")
-        if self.dtype not in _SCALES:
-            raise InvalidArgumentError(
-                f"dataset {info.name!r} has dtype {self.dtype!r}; use float32 or uint8 samples (ingest --dtype float32)"
-            )
-        self.sample_shape = shape
-        self.transpose = len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3)
-        self.input_shape = (shape[2], shape[0], shape[1]) if self.transpose else shape
-
     def decode(self, samples: list[bytes]) -> Any:
         """Stored bytes → float32 model inputs ``(N, *input_shape)`` (what the proxy sees next to the data)."""
-        import torch
-
-        if self.image is not None:
-            arr = decode_images(samples, self.image)
-        else:
-            arr = np.frombuffer(b"".join(samples), dtype=np.dtype(self.dtype)).reshape(-1, *self.sample_shape)
-        if self.transpose:
-            arr = arr.transpose(0, 3, 1, 2)
-        x = torch.from_numpy(np.array(arr, dtype=np.float32, order="C")) * _SCALES[self.dtype]
-        if self.mean:
-            bshape = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - torch.tensor(self.mean).reshape(bshape)) / torch.tensor(self.std).reshape(bshape)
-        return x
+        return self.decoder.decode(samples)
 
     # --- one epoch ------------------------------------------------------------------------------------------------
 
     def _push(self, model: Any, epoch: int) -> None:
         import torch
 
-        from nessa.proxy import Normalization, export
+        from nessa.proxy import export
 
         snapshot = copy.deepcopy(model).cpu().eval()
-        norm = Normalization(mean=self.mean, std=self.std, dtype=self.dtype, scale=_SCALES[self.dtype])  # type: ignore[arg-type]
         example = torch.zeros((1, *self.input_shape), dtype=torch.float32)
-        proxy = export(snapshot, example, quantize=self.quantize, version=epoch, normalization=norm, image=self.image)
+        proxy = export(
+            snapshot,
+            example,
+            quantize=self.quantize,
+            version=epoch,
+            normalization=self.decoder.normalization,
+            image=self.decoder.image,
+        )
         self.client.push_proxy(proxy, self.dataset)
 
     def select(self, model: Any, epoch: int) -> Selection:

@@ -183,3 +183,22 @@ def test_images_of_different_sizes_are_resized_and_cropped_next_to_the_data(clie
     float_proxy = export(model, torch.zeros(1, 3, 16, 16), version=3)
     with pytest.raises(InvalidArgumentError, match="decode to uint8 pixels"):
         client.push_proxy(float_proxy, "imgs-var")
+
+
+def test_torch_datasets_decode_image_folder_samples(daemon: StorageDaemon, client: StorageClient) -> None:
+    from torch.utils.data import DataLoader
+
+    from nessa.data import DecodeSample, SelectionDataset
+
+    sel = client.select("imgs", "balanced", 0.5)
+    info = client.describe("imgs")
+    ds = SelectionDataset(daemon.address, sel, batch_size=8, transform=DecodeSample(info, image_size=16))
+    seen = []
+    for batch in DataLoader(ds, batch_size=8):
+        assert batch["data"].dtype == torch.float32 and batch["data"].shape[1:] == (3, 16, 16)
+        assert batch["weight"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+        assert 0.0 <= float(batch["data"].min()) and float(batch["data"].max()) <= 1.0
+        seen.extend(batch["index"].tolist())
+    assert sorted(seen) == sorted(sel.indices.tolist())
+    with pytest.raises(InvalidArgumentError, match="image_size=N"):
+        DecodeSample(info)
