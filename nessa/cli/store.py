@@ -57,7 +57,11 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
         "crash or bad input leaves nothing under DEST. SOURCE is a path (format from its suffix, or a directory for "
         f"an image folder) or a generated set: {', '.join(GENERATED)}."
     )
-    p.add_argument("source", help=f"a .npz/.parquet/.arrow file, an image-folder directory, or {'/'.join(GENERATED)}")
+    p.add_argument(
+        "source",
+        help="a .npz/.parquet/.arrow/.csv file, an image-folder directory, a Hugging Face save_to_disk directory, "
+        f"WebDataset .tar shards, or {'/'.join(GENERATED)}",
+    )
     p.add_argument("dest", help="the dataset directory to create")
     p.add_argument("--format", choices=FORMATS, default=None, help="the source's format (default: inferred)")
     p.add_argument("--shards", type=int, default=1, help="LMDB shards per dataset (default: 1)")

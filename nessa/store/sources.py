@@ -4,7 +4,8 @@ Each loader returns the :class:`~nessa.store.writer.Split` list to write; :func:
 ``nessa ingest``) resolves a source and writes it atomically. A source with a test split becomes two datasets,
 ``DEST`` and ``DEST-test``, published together or not at all.
 
-File sources:
+File sources (and, in :mod:`nessa.store.more_sources`, ``hfdisk`` Hugging Face ``save_to_disk`` directories,
+``webdataset`` tar shards and ``csv`` files):
 
 - ``npz``: arrays ``x`` (n, ...) numeric/bool and ``y`` (n,) integer (other names with ``sample_column`` /
   ``label_column``); optional ``x_test``/``y_test`` (the same names + ``_test``) become ``DEST-test``; an optional
@@ -80,11 +81,11 @@ __all__ = [
 ]
 
 GENERATED = ("mnist1d", "digits", "synthetic")
-FILE_FORMATS = ("npz", "parquet", "arrow", "imagefolder")
+FILE_FORMATS = ("npz", "parquet", "arrow", "imagefolder", "hfdisk", "webdataset", "csv")
 FORMATS = FILE_FORMATS + GENERATED
 IMAGE_EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 _SUFFIX_FORMATS = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow"}
-_SUFFIX_FORMATS[".ipc"] = "arrow"
+_SUFFIX_FORMATS.update({".ipc": "arrow", ".tar": "webdataset", ".csv": "csv"})
 _SAMPLE_COLUMNS = ("x", "sample", "image", "img", "data", "bytes")
 _LABEL_COLUMNS = ("y", "label", "labels", "target")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -104,6 +105,12 @@ def infer_format(source: str | Path) -> str:
     """
     path = Path(source)
     if path.is_dir():
+        from nessa.store.more_sources import is_hfdisk
+
+        if is_hfdisk(path):
+            return "hfdisk"
+        if any(p.suffix == ".tar" for p in path.iterdir()) and not any(p.is_dir() for p in path.iterdir()):
+            return "webdataset"
         return "imagefolder"
     if path.is_file():
         fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
@@ -314,7 +321,30 @@ def table_splits(
 ) -> list[Split]:
     """Splits from a Parquet or Arrow IPC file (see the module docstring)."""
     path = Path(path)
-    table = _read_table(path, fmt)
+    return table_to_splits(
+        _read_table(path, fmt),
+        path,
+        {"kind": fmt, "path": str(path.absolute())},
+        sample_column=sample_column,
+        label_column=label_column,
+        sample_shape=sample_shape,
+        columns=columns,
+    )
+
+
+def table_to_splits(
+    table: Any,
+    path: Path,
+    source: dict[str, Any],
+    *,
+    sample_column: str | None = None,
+    label_column: str | None = None,
+    sample_shape: Sequence[int] | None = None,
+    columns: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    suffix: str = "",
+) -> list[Split]:
+    """The split of a pyarrow table (a sample and a label column, see the module docstring); ``path`` names it."""
     names = table.column_names
     xname = _pick(names, sample_column, _SAMPLE_COLUMNS, "sample", path)
     yname = _pick(names, label_column, _LABEL_COLUMNS, "label", path)
@@ -329,13 +359,19 @@ def table_splits(
         if col not in names:
             raise InvalidArgumentError(f"{path} has no column {col!r} to keep (columns: {list(names)})")
         extra[col] = _table_column(table.column(col), col, path)
-    source = {"kind": fmt, "path": str(path.absolute()), "sample_column": xname, "label_column": yname}
+    source = {**source, "sample_column": xname, "label_column": yname}
     kind, encoded, raw = _table_samples(table.column(xname), xname, path)
     if raw is not None:
-        return [array_split(raw, labels, columns=extra, source=source, sample_shape=sample_shape, what=xname)]
-    if sample_shape is not None:
-        raise InvalidArgumentError(f"--sample-shape applies to numeric samples; column {xname!r} holds {kind} bytes")
-    return [encoded_split(encoded or [], labels, codec=kind, columns=extra, source=source)]
+        split = array_split(
+            raw, labels, class_names=class_names, columns=extra, source=source, sample_shape=sample_shape, what=xname
+        )
+    else:
+        if sample_shape is not None:
+            raise InvalidArgumentError(
+                f"--sample-shape applies to numeric samples; column {xname!r} holds {kind} bytes"
+            )
+        split = encoded_split(encoded or [], labels, codec=kind, class_names=class_names, columns=extra, source=source)
+    return [dataclasses.replace(split, suffix=suffix)] if suffix else [split]
 
 
 # -- image folder ------------------------------------------------------------------------------------------------
@@ -616,6 +652,22 @@ def load_source(
         if sample_column or label_column or sample_shape or columns:
             raise InvalidArgumentError("column, shape and extra-column options do not apply to an image folder")
         return imagefolder_splits(path)
+    if fmt in ("hfdisk", "webdataset", "csv"):
+        from nessa.store import more_sources
+
+        if fmt == "webdataset":
+            if sample_column or label_column or sample_shape or columns:
+                raise InvalidArgumentError("column, shape and extra-column options do not apply to WebDataset shards")
+            return more_sources.webdataset_splits(path)
+        if fmt == "csv":
+            if sample_shape:
+                raise InvalidArgumentError("--sample-shape does not apply to CSV (each row is one flat vector)")
+            return more_sources.csv_splits(
+                path, label_column=label_column, columns=columns, sample_column=sample_column
+            )
+        return more_sources.hfdisk_splits(
+            path, sample_column=sample_column, label_column=label_column, sample_shape=sample_shape, columns=columns
+        )
     if fmt == "npz":
         return npz_splits(
             path, sample_column=sample_column, label_column=label_column, sample_shape=sample_shape, columns=columns
