@@ -164,7 +164,7 @@ def test_a_program_proxy_selects_on_torch_and_the_reply_says_opencl_was_not_used
     assert len(sel) == N // 4
     assert sel.extras["proxy_engine"] == "torch" and sel.extras["opencl_used"] is False
     assert "ELU at module 'act'" in sel.extras["proxy_program"]
-    with pytest.raises(InvalidArgumentError, match="torch.export program .* engine 'opencl' cannot run"):
+    with pytest.raises(InvalidArgumentError, match=r"torch.export program .* engine 'opencl' cannot run"):
         client.select("imgs", "craig", 0.25, proxy_version=7, engine="opencl")
 
 
@@ -202,3 +202,19 @@ def test_torch_datasets_decode_image_folder_samples(daemon: StorageDaemon, clien
     assert sorted(seen) == sorted(sel.indices.tolist())
     with pytest.raises(InvalidArgumentError, match="image_size=N"):
         DecodeSample(info)
+
+
+def test_the_helper_splits_a_selection_between_ddp_ranks(daemon: StorageDaemon) -> None:
+    torch.manual_seed(0)
+    model = silu_resnet()
+    parts = []
+    for rank in (0, 1):
+        sel = nessa.Selector(
+            daemon.address, "imgs", method="craig", fraction=0.5, image_size=16, batch_size=5, rank=rank, world_size=2
+        )
+        parts.append([i for b in sel.epoch(model, 3) for i in b["index"].tolist()])
+        whole = sorted(sel.selection.indices.tolist())  # type: ignore[union-attr]
+        sel.close()
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == whole
+    assert abs(len(parts[0]) - len(parts[1])) <= 1
