@@ -102,6 +102,11 @@ class TrainConfig:
             ``crest``, which has its own trigger.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
+        warm_start: with ``pipeline``, epochs that would wait for the run's first proxy selection (the initial
+            model's, being made on the daemon) train on a seeded random subset of the same budget instead, as
+            CREST's random warm-up does; the selection is trained on from the first epoch it is ready. Off: the
+            first epoch waits for it, as CRAIG's code does. With ``crest``, its random warm-up (``crest_warmup``)
+            goes on until the first selection arrives.
         checkpoint_dir: where to checkpoint (and resume from); ``None``: no checkpoints.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
         metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).
@@ -158,6 +163,7 @@ class TrainConfig:
     reselect_every: int = 1
     device: str = "auto"
     pipeline: bool = True
+    warm_start: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int = 0
     metrics_port: int | None = None
