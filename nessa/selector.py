@@ -65,6 +65,12 @@ class Selector:
         world_size: ranks under DDP (default: ``torch.distributed``'s, else 1).
         prefetch: decoded batches kept ready by the background thread.
         token: the daemon's bearer token.
+        head_only: push only the model's last linear layer plus every sample's penultimate features, computed here
+            (the cheap proxy: each selection then streams every sample to this process once, and sends
+            ``4 * d`` bytes per sample back; see docs/models-and-images.md).
+
+    Attributes:
+        proxy_bytes: serialized bytes of the proxies pushed so far (features included).
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class Selector:
         world_size: int | None = None,
         prefetch: int = 4,
         token: str | None = None,
+        head_only: bool = False,
     ) -> None:
         from nessa.proxy.inputs import plan_inputs
         from nessa.selection.registry import create
@@ -104,6 +111,8 @@ class Selector:
 
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.prefetch = int(prefetch)
+        self.head_only = bool(head_only)
+        self.proxy_bytes = 0
         self.client = StorageClient(target, token=token)
         self.info: DatasetInfo = self.client.describe(dataset)
         self.decoder = InputDecoder(self.info, image_size, image_mode, mean, std)
@@ -122,10 +131,15 @@ class Selector:
     def _push(self, model: Any, epoch: int) -> None:
         import torch
 
-        from nessa.proxy import export
+        from nessa.proxy import dumps, export
 
         snapshot = copy.deepcopy(model).cpu().eval()
         example = torch.zeros((1, *self.input_shape), dtype=torch.float32)
+        if self.head_only:
+            data = dumps(self._head_proxy(snapshot, example, epoch))
+            self.client.push_proxy(data, self.dataset)
+            self.proxy_bytes += len(data)
+            return
         proxy = export(
             snapshot,
             example,
@@ -134,7 +148,24 @@ class Selector:
             normalization=self.decoder.normalization,
             image=self.decoder.image,
         )
-        self.client.push_proxy(proxy, self.dataset)
+        data = dumps(proxy)
+        self.client.push_proxy(data, self.dataset)
+        self.proxy_bytes += len(data)
+
+    def _head_proxy(self, model: Any, example: Any, epoch: int) -> Any:
+        """The last linear layer with every sample's penultimate features (streamed and computed here)."""
+        import torch
+
+        from nessa.proxy import export, head_features, with_features
+
+        head = export(model, example, quantize=self.quantize, version=epoch, head_only=True)
+        indices, feats = [], []
+        everything = np.arange(self.info.num_samples, dtype=np.int64)
+        with torch.no_grad():
+            for b in self.client.stream(everything, self.dataset, batch_size=256):
+                feats.append(head_features(model, self.decode(b.samples)))
+                indices.append(np.asarray(b.indices, dtype=np.int64))
+        return with_features(head, np.concatenate(feats), np.concatenate(indices))
 
     def select(self, model: Any, epoch: int) -> Selection:
         """Push the model's proxy (if the method needs one) and select epoch ``epoch``'s subset."""

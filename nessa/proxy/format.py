@@ -265,6 +265,22 @@ class Proxy:
         return str(self._msg.program_reason)
 
     @property
+    def head_only(self) -> bool:
+        """Whether the proxy carries per-sample features as its inputs (``export(..., head_only=True)``)."""
+        return self._msg.HasField("features")
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, features)`` of a head-only proxy: int64 ``(n,)`` and float32 ``(n, *input_shape)``."""
+        t = self._msg.features
+        shape = tuple(int(v) for v in t.shape)
+        if t.dtype != pb.DTYPE_FLOAT32 or len(t.data) != 4 * math.prod(shape):
+            raise InvalidArgumentError("the proxy's features must be float32 with data matching their shape")
+        return (
+            np.asarray(self._msg.feature_indices, dtype=np.int64),
+            np.frombuffer(t.data, dtype="<f4").astype(np.float32).reshape(shape),
+        )
+
+    @property
     def quantized(self) -> bool:
         """Whether any weight is stored as int8."""
         return any(t.dtype == pb.DTYPE_INT8 for t in self._msg.tensors)
@@ -639,6 +655,17 @@ class Proxy:
         if msg.num_classes < 1:
             raise InvalidArgumentError("proxy num_classes must be at least 1")
         self._validate_tensors(msg.tensors)
+        if msg.HasField("features"):
+            idx, feats = self.features()
+            if feats.shape != (len(idx), *shape) or len(idx) == 0:
+                raise InvalidArgumentError(
+                    f"the proxy's features have shape {feats.shape} for {len(idx)} indices; expected "
+                    f"({len(idx)}, *{shape}) with at least one sample"
+                )
+            if idx.min() < 0 or len(np.unique(idx)) != len(idx):
+                raise InvalidArgumentError("the proxy's feature indices must be distinct dataset indices (>= 0)")
+            if not np.all(np.isfinite(feats)):
+                raise InvalidArgumentError("the proxy's features have NaN or Inf values")
         if msg.program:
             if msg.nodes or msg.tensors:
                 raise InvalidArgumentError("a proxy carries either a torch.export program or a graph, not both")

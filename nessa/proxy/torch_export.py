@@ -50,7 +50,7 @@ from nessa.proxy.quantize import quantize_per_channel
 from nessa.store.images import ImagePrep
 from nessa.v1 import proxy_pb2 as pb
 
-__all__ = ["SUPPORTED", "UnsupportedOpError", "export"]
+__all__ = ["SUPPORTED", "UnsupportedOpError", "export", "export_head", "head_features", "with_features"]
 
 #: What export accepts, for error messages.
 SUPPORTED = (
@@ -991,6 +991,7 @@ def export(
     normalization: Normalization | None = None,
     fallback: bool = True,
     image: ImagePrep | None = None,
+    head_only: bool = False,
 ) -> Proxy:
     """Export ``module`` to a proxy.
 
@@ -1004,6 +1005,9 @@ def export(
         image: for a dataset of encoded images (png, jpeg), how the daemon decodes them before the
             normalization (:class:`nessa.store.images.ImagePrep`: mode, resize, center crop); its ``(H, W, C)``
             must map to the proxy's input shape. Needs ``normalization`` of dtype ``uint8``.
+        head_only: export only the model's last linear layer (the cheap proxy): its input, the per-sample
+            penultimate features, is computed by the trainer (:func:`head_features`) and attached with
+            :func:`with_features`; the daemon then reads no samples to select.
         fallback: when the model has an op outside the vocabulary, carry it as a ``torch.export`` program instead
             (only the torch engine runs it; :attr:`Proxy.program_reason` names the op). ``False`` raises instead.
 
@@ -1023,6 +1027,8 @@ def export(
     norm = normalization if normalization is not None else Normalization()
     if not isinstance(norm, Normalization):
         raise InvalidArgumentError(f"normalization must be a nessa.proxy.Normalization; got {type(norm).__name__}")
+    if head_only:
+        return export_head(module, example_input, quantize=quantize, version=version)
     was_training = module.training
     module.eval()
     example = example_input.detach()
@@ -1099,3 +1105,92 @@ def _with_image(proxy: Proxy, image: ImagePrep | None) -> Proxy:
             )
         image.to_message(proxy.message.input.image)
     return proxy.seal()
+
+
+def _head(module: nn.Module, x: torch.Tensor) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """The last ``nn.Linear`` a forward pass runs, its input and the model's output (in eval mode, no grad)."""
+    from nessa.proxy.torch_program import _last_linear
+
+    seen: list[torch.Tensor] = []
+    was = module.training
+    module.eval()
+    try:
+        head, _ = _last_linear(module, x[:1])
+        if head is None:
+            raise InvalidArgumentError("the model has no nn.Linear layer; a head-only proxy is its last linear layer")
+        hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            with torch.no_grad():
+                out = module(x)
+        finally:
+            hook.remove()
+    finally:
+        module.train(was)
+    return head, seen[-1], out
+
+
+def head_features(module: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Per-sample penultimate features (the input of the last linear layer) of a batch, float32 ``(N, d)``."""
+    _, feats, _ = _head(module, x)
+    return feats.detach().reshape(feats.shape[0], -1).float().cpu().numpy()
+
+
+def export_head(
+    module: nn.Module, example_input: torch.Tensor, *, quantize: str | None = "int8", version: int = 0
+) -> Proxy:
+    """The head-only proxy of ``module``: its last linear layer on ``(d,)`` float32 features.
+
+    Raises:
+        InvalidArgumentError: no linear layer, or a model whose output is not that layer's output (something runs
+            after it).
+    """
+    if quantize not in ("int8", None):
+        raise InvalidArgumentError(f"quantize must be 'int8' or None; got {quantize!r}")
+    head, feats, out = _head(module, example_input.detach())
+    with torch.no_grad():
+        again = head(feats)
+    if feats.dim() != 2 or not isinstance(out, torch.Tensor) or again.shape != out.shape or not torch.equal(again, out):
+        raise InvalidArgumentError(
+            "a head-only proxy needs a model whose output is its last nn.Linear's output on (N, d) features; "
+            "this model computes more after it (export the full proxy instead)"
+        )
+    w = head.weight.detach().double().numpy()
+    b = None if head.bias is None else head.bias.detach().double().numpy()
+    msg = pb.Proxy(
+        format_version=FORMAT_VERSION,
+        version=int(version),
+        num_classes=int(w.shape[0]),
+        output="head",
+        embedding=INPUT,
+        producer=f"nessa.proxy.export (head only); torch {torch.__version__}",
+    )
+    msg.input.shape.append(int(w.shape[1]))
+    msg.input.dtype = dtype_enum("float32")
+    msg.input.scale = 1.0
+    node = pb.Node(name="head", op=op_enum("linear"), inputs=[INPUT], source="head", weight="head.weight")
+    msg.tensors.append(_tensor_msg("head.weight", w, quantize))
+    if b is not None:
+        node.bias = "head.bias"
+        msg.tensors.append(_tensor_msg("head.bias", b, None))
+    msg.nodes.append(node)
+    proxy = Proxy(msg)
+    proxy.validate()
+    return proxy.seal()
+
+
+def with_features(proxy: Proxy, features: np.ndarray, indices: np.ndarray) -> Proxy:
+    """A head-only ``proxy`` carrying ``features`` ``(n, d)`` of dataset ``indices`` ``(n,)``, validated and sealed."""
+    feats = np.ascontiguousarray(features, dtype="<f4")
+    idx = np.asarray(indices, dtype=np.int64)
+    if feats.ndim != 2 or idx.shape != (feats.shape[0],):
+        raise InvalidArgumentError(f"need (n, d) features and n indices; got {feats.shape} and {idx.shape}")
+    msg = pb.Proxy()
+    msg.CopyFrom(proxy.message)
+    msg.features.CopyFrom(
+        pb.Tensor(name="features", shape=list(feats.shape), dtype=pb.DTYPE_FLOAT32, data=feats.tobytes())
+    )
+    del msg.feature_indices[:]
+    msg.feature_indices.extend(idx.tolist())
+    out = Proxy(msg)
+    out.validate()
+    return out.seal()

@@ -152,7 +152,7 @@ class Node(_message.Message):
     def __init__(self, name: _Optional[str] = ..., op: _Optional[_Union[OpType, str]] = ..., inputs: _Optional[_Iterable[str]] = ..., weight: _Optional[str] = ..., bias: _Optional[str] = ..., kernel_size: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., eps: _Optional[float] = ..., groups: _Optional[int] = ...) -> None: ...
 
 class Proxy(_message.Message):
-    __slots__ = ("format_version", "version", "input", "num_classes", "tensors", "nodes", "output", "embedding", "producer", "program", "program_reason", "checksum")
+    __slots__ = ("format_version", "version", "input", "num_classes", "tensors", "nodes", "output", "embedding", "producer", "program", "program_reason", "features", "feature_indices", "checksum")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,8 @@ class Proxy(_message.Message):
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_REASON_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_INDICES_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     version: int
@@ -176,5 +178,7 @@ class Proxy(_message.Message):
     producer: str
     program: bytes
     program_reason: str
+    features: Tensor
+    feature_indices: _containers.RepeatedScalarFieldContainer[int]
     checksum: str
-    def __init__(self, format_version: _Optional[int] = ..., version: _Optional[int] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., num_classes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ..., embedding: _Optional[str] = ..., producer: _Optional[str] = ..., program: _Optional[bytes] = ..., program_reason: _Optional[str] = ..., checksum: _Optional[str] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., version: _Optional[int] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., num_classes: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ..., embedding: _Optional[str] = ..., producer: _Optional[str] = ..., program: _Optional[bytes] = ..., program_reason: _Optional[str] = ..., features: _Optional[_Union[Tensor, _Mapping]] = ..., feature_indices: _Optional[_Iterable[int]] = ..., checksum: _Optional[str] = ...) -> None: ...

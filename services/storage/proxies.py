@@ -111,7 +111,15 @@ def check_proxy_fits(proxy: Proxy, entry: DatasetEntry, limits: ProxyLimits | No
             message gives the figure and the limit).
     """
     lim = limits or ProxyLimits()
-    if entry.codec in IMAGE_CODECS:
+    if proxy.head_only:
+        proxy.validate_for(num_classes=entry.num_classes)
+        idx, _ = proxy.features()
+        if idx.max() >= len(entry):
+            raise InvalidArgumentError(
+                f"the head-only proxy has features for index {int(idx.max())} but dataset {entry.name!r} has "
+                f"{len(entry)} samples"
+            )
+    elif entry.codec in IMAGE_CODECS:
         # Encoded images: their decoded (H, W, C) is known only from the proxy's crop (else: at the dry run).
         prep = proxy.image_prep
         shape = prep.shape if prep is not None else None
@@ -140,6 +148,17 @@ def check_proxy_fits(proxy: Proxy, entry: DatasetEntry, limits: ProxyLimits | No
 
 def read_inputs(entry: DatasetEntry, proxy: Proxy, indices: np.ndarray) -> np.ndarray:
     """The proxy's raw input samples at ``indices``: stored arrays, or PNG/JPEG decoded with the proxy's prep."""
+    if proxy.head_only:
+        # The trainer sent the per-sample features: no sample is read.
+        have, feats = proxy.features()
+        pos = {int(v): i for i, v in enumerate(have)}
+        missing = [int(i) for i in np.asarray(indices) if int(i) not in pos]
+        if missing:
+            raise InvalidArgumentError(
+                f"the head-only proxy carries no features for {len(missing)} candidate(s) (e.g. index {missing[0]}); "
+                "send features for every candidate"
+            )
+        return feats[[pos[int(i)] for i in np.asarray(indices)]]
     if entry.codec in IMAGE_CODECS:
         return decode_images(entry.reader.read(indices), proxy.image_prep)
     return entry.reader.read_arrays(indices)
@@ -154,6 +173,9 @@ def dry_run(proxy: Proxy, entry: DatasetEntry, engine: Any, samples: int = DRY_R
     """
     n = len(entry)
     idx = np.unique(np.linspace(0, n - 1, num=min(samples, n)).astype(np.int64))
+    if proxy.head_only:  # the samples it carries features for
+        have = np.sort(proxy.features()[0])
+        idx = np.unique(have[np.linspace(0, len(have) - 1, num=min(samples, len(have))).astype(np.int64)])
     try:
         x = read_inputs(entry, proxy, idx)
         out = engine.run(proxy, x, entry.labels[idx])

@@ -218,3 +218,20 @@ def test_the_helper_splits_a_selection_between_ddp_ranks(daemon: StorageDaemon) 
     assert not set(parts[0]) & set(parts[1])
     assert sorted(parts[0] + parts[1]) == whole
     assert abs(len(parts[0]) - len(parts[1])) <= 1
+
+
+def test_a_head_only_proxy_selects_from_the_features_the_trainer_sent(daemon: StorageDaemon) -> None:
+    torch.manual_seed(0)
+    model = tiny_vit()
+    sel = nessa.Selector(
+        daemon.address, "imgs", method="craig", fraction=0.5, image_size=16, batch_size=8, head_only=True
+    )
+    try:
+        got = [i for b in sel.epoch(model, 11) for i in b["index"].tolist()]
+        assert sel.selection is not None and sel.selection.proxy_version == 11
+        assert sorted(got) == sorted(sel.selection.indices.tolist()) and len(got) == N // 2
+        # The push carried one float32 feature vector of 32 values per sample, and the linear head (int8).
+        assert sel.proxy_bytes > 4 * 32 * N
+        assert sel.selection.extras["opencl_used"] is True
+    finally:
+        sel.close()

@@ -242,3 +242,30 @@ def test_a_model_nothing_can_export_gets_one_error_naming_the_op() -> None:
         match=r"unsupported op '_host_roundtrip' at module '<root>' is outside the proxy vocabulary, and torch.export",
     ):
         export(Unexportable().eval(), torch.zeros(2, 4))
+
+
+def test_head_only_proxy_with_features_gives_the_full_proxys_outputs() -> None:
+    from nessa.proxy import head_features, with_features
+
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    x = torch.randn(6, 3, 16, 16)
+    full = export(model, x[:1], quantize=None, fallback=False)
+    head = export(model, x[:1], quantize=None, head_only=True)
+    assert [head.op(n) for n in head.nodes] == ["linear"] and head.input_shape == (32,)
+    feats = head_features(model, x)
+    proxy = loads(dumps(with_features(head, feats, np.arange(10, 16))))
+    assert proxy.head_only
+    idx, stored = proxy.features()
+    assert idx.tolist() == list(range(10, 16)) and np.array_equal(stored, feats)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    want = ENGINES["torch"].run(full, x.numpy(), labels)
+    for engine in ENGINES.values():
+        got = engine.run(proxy, stored, labels)
+        _close(got.logits, want.logits)
+        np.testing.assert_allclose(got.grad_embedding, want.grad_embedding, atol=1e-5)
+        np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="computes more after it"):
+        export(nn.Sequential(nn.Linear(4, 3), nn.Tanh()), torch.zeros(2, 4), head_only=True)
+    with pytest.raises(InvalidArgumentError, match="distinct"):
+        with_features(head, feats, np.zeros(6))
