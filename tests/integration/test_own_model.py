@@ -235,3 +235,23 @@ def test_a_head_only_proxy_selects_from_the_features_the_trainer_sent(daemon: St
         assert sel.selection.extras["opencl_used"] is True
     finally:
         sel.close()
+
+
+def test_fit_trains_a_model_instance_with_its_own_optimizer_and_loss(daemon: StorageDaemon) -> None:
+    from nessa.trainer import fit
+
+    torch.manual_seed(0)
+    model = tiny_vit()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    calls = []
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        calls.append(len(labels))
+        return nessa.weighted_loss(logits, labels, weights)
+
+    result = fit(
+        model, daemon.address, "imgs", "imgs-test", optimizer=opt, loss_fn=loss_fn, method="craig", fraction=0.5,
+        epochs=2, batch_size=8, image_size=16, progress=False, torch_threads=1, lr=1e-3,
+    )  # fmt: skip
+    assert len(result.epochs) == 2 and sum(calls) == N  # two epochs of half the dataset
+    assert opt.state  # the user's optimizer took the steps
