@@ -255,3 +255,14 @@ def test_fit_trains_a_model_instance_with_its_own_optimizer_and_loss(daemon: Sto
     )  # fmt: skip
     assert len(result.epochs) == 2 and sum(calls) == N  # two epochs of half the dataset
     assert opt.state  # the user's optimizer took the steps
+
+
+@pytest.mark.parametrize("method", ["crest", "adacore", "random"])
+def test_other_selectors_train_the_vit_on_images(daemon: StorageDaemon, method: str) -> None:
+    # CREST's loss model takes Hessian-vector products through the ViT's attention (double backward).
+    cfg = TrainConfig(
+        target=daemon.address, dataset="imgs", test_dataset="imgs-test", model="user_models:tiny_vit",
+        method=method, fraction=0.25, epochs=2, batch_size=4, progress=False, torch_threads=1, image_size=16,
+    )  # fmt: skip
+    result = train(cfg, echo=lambda _s: None)
+    assert len(result.epochs) == 2
