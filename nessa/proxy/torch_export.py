@@ -1,28 +1,36 @@
 """Export a torch module to a :class:`~nessa.proxy.format.Proxy` (torch.fx tracing, BatchNorm folding, int8).
 
 The module is traced with :func:`torch.fx.symbolic_trace` and its shapes propagated with the example input. Each
-graph node maps onto the proxy vocabulary:
+graph node maps onto the proxy vocabulary (``proto/nessa/v1/proxy.proto``):
 
 ==========================  =====================================================================================
 proxy op                    torch forms accepted
 ==========================  =====================================================================================
 ``conv1d`` / ``conv2d``     ``nn.Conv1d`` / ``nn.Conv2d`` (groups=1, dilation=1, zero padding; ``"same"`` only when
                             symmetric)
-``linear``                  ``nn.Linear`` on a flat input
-``relu``                    ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.relu()`` (in-place forms too)
-``add``                     ``a + b``, ``a += b``, ``torch.add(a, b)``, ``a.add(b)`` (same shapes, no alpha)
-``maxpool`` / ``avgpool``   ``nn.MaxPool{1,2}d``, ``nn.AvgPool{1,2}d``, ``F.max_pool{1,2}d``, ``F.avg_pool{1,2}d``
-                            (no dilation or ceil mode; average pooling counts padding)
-``global_avgpool``          ``nn.AdaptiveAvgPool{1,2}d(1)``, ``F.adaptive_avg_pool{1,2}d(x, 1)``,
-                            ``x.mean((2, 3))`` / ``x.mean(-1)`` over every spatial axis
-``flatten``                 ``nn.Flatten()``, ``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view/reshape(N, -1)``
-(folded)                    ``nn.BatchNorm{1,2}d`` right after a conv/linear whose output nothing else reads
-(dropped)                   ``nn.Identity``, ``nn.Dropout`` (inference), ``x.contiguous()``
+``linear``                  ``nn.Linear`` on any leading axes
+activations                 ``nn.ReLU``/``GELU`` (exact)/``SiLU``/``Sigmoid``/``Tanh`` and their functional and
+                            method forms
+``softmax``                 ``nn.Softmax``, ``F.softmax``, ``x.softmax`` over the last axis
+``layernorm``/``groupnorm`` ``nn.LayerNorm`` (last axis), ``F.layer_norm``, ``nn.GroupNorm``
+``matmul``/``attention``    ``@``, ``torch.matmul``, ``torch.bmm``; ``F.scaled_dot_product_attention`` (no mask)
+``add``/``mul``/``scale``   ``a + b``, ``a * b`` (broadcast), ``a - b``, ``-x``, and with a number (``x / 8``)
+layout ops                  ``reshape``/``view``/``flatten``/``unflatten``/``squeeze``/``unsqueeze``, ``permute``/
+                            ``transpose``, ``torch.cat``, ``x[:, i]`` / ``x[:, a:b]``, ``qkv.permute(2, 0, ...)[i]``
+``constant``                parameters read in ``forward`` (position embeddings, ``cls.expand(B, -1, -1)``)
+``embedding``               ``nn.Embedding`` (no ``max_norm``) on stored ids
+pools                       ``nn.MaxPool{1,2}d``, ``nn.AvgPool{1,2}d`` and functional forms (no dilation or ceil
+                            mode), adaptive pooling to a size dividing the input, ``mean`` over any axes
+(folded)                    ``nn.BatchNorm{1,2}d`` right after a conv/linear whose output nothing else reads;
+                            elsewhere a per-channel ``mul`` and ``add`` of constants
+(dropped)                   ``nn.Identity``, ``nn.Dropout`` (inference), ``contiguous``, ``float``
 (input shape)               a reshape/view/unsqueeze of the model input itself becomes the proxy's input shape
 ==========================  =====================================================================================
 
-Anything else raises :class:`~nessa.errors.InvalidArgumentError` naming the op and the module path, e.g.
-``unsupported op 'GELU' at module 'blocks.2.act'; supported: ...``.
+An op outside the vocabulary (``UnsupportedOpError``, naming the op and the module path, e.g. ``unsupported op
+'ELU' at module 'blocks.2.act'; supported: ...``) makes :func:`export` carry the model as a ``torch.export``
+program instead (:mod:`nessa.proxy.torch_program`; only the torch engine runs it), unless ``fallback=False``.
+``head_only=True`` exports just the last linear layer (:func:`export_head`, fed by :func:`head_features`).
 
 After folding, each conv/linear weight is quantized per output channel to symmetric int8
 (:mod:`nessa.proxy.quantize`); biases stay float32. ``quantize=None`` keeps float32 weights (exact up to float32
