@@ -18,7 +18,8 @@ activations                 ``nn.ReLU``/``GELU`` (exact)/``SiLU``/``Sigmoid``/``
 layout ops                  ``reshape``/``view``/``flatten``/``unflatten``/``squeeze``/``unsqueeze``, ``permute``/
                             ``transpose``, ``torch.cat``, ``x[:, i]`` / ``x[:, a:b]``, ``qkv.permute(2, 0, ...)[i]``
 ``constant``                parameters read in ``forward`` (position embeddings, ``cls.expand(B, -1, -1)``)
-``embedding``               ``nn.Embedding`` (no ``max_norm``) on stored ids
+``embedding``               ``nn.Embedding`` (no ``max_norm``) on stored ids; ``nn.EmbeddingBag`` (mean/sum of
+                            fixed-length bags)
 pools                       ``nn.MaxPool{1,2}d``, ``nn.AvgPool{1,2}d`` and functional forms (no dilation or ceil
                             mode), adaptive pooling to a size dividing the input, ``mean`` over any axes
 (folded)                    ``nn.BatchNorm{1,2}d`` right after a conv/linear whose output nothing else reads;
@@ -451,6 +452,8 @@ class _Exporter:
             w = mod.weight.detach().double().numpy() if mod.weight is not None else np.ones(c)
             b = mod.bias.detach().double().numpy() if mod.bias is not None else None
             return self.simple(node, "groupnorm", [x], weight=w, bias=b, eps=float(mod.eps), groups=int(mod.num_groups))
+        if isinstance(mod, nn.EmbeddingBag):
+            return self.embedding_bag(node, mod, x)
         if isinstance(mod, nn.Embedding):
             if mod.max_norm is not None:
                 raise _unsupported(node, self.gm, "max_norm (it changes the weights in forward)")
@@ -629,6 +632,28 @@ class _Exporter:
                 raise _unsupported(node, self.gm, "dropout with training=True")
             return self.alias(self.val(args[0], node), node)
         return None
+
+    def embedding_bag(self, node: fx.Node, mod: nn.EmbeddingBag, x: _Val) -> _Val:
+        """``nn.EmbeddingBag`` (mean or sum) of fixed-length bags ``(N, T)``: embedding rows, then mean (x T)."""
+        if mod.mode not in ("mean", "sum") or mod.max_norm is not None or len(node.args) > 1 or node.kwargs:
+            raise _unsupported(node, self.gm, "only mode mean/sum over (N, T) bags without offsets or weights")
+        if len(x.shape) != 1:
+            raise _unsupported(node, self.gm, f"bags of shape {x.shape}; only (N, T) is")
+        if mod.padding_idx is not None:
+            raise _unsupported(node, self.gm, "padding_idx (padded entries are left out of the bag)")
+        rows = _Node(
+            name=f"{node.name}_rows", op="embedding", inputs=[self.use(x, node)],
+            out_shape=(x.shape[0], mod.embedding_dim), source=_module_path(node),
+            weight=mod.weight.detach().double().numpy(),
+        )  # fmt: skip
+        self.nodes[rows.name] = rows
+        out = (int(mod.embedding_dim),)
+        if mod.mode == "mean":
+            return self.emit_raw(node, "mean", [rows.name], out, dims=[0])
+        mean = _Node(name=f"{node.name}_mean", op="mean", inputs=[rows.name], out_shape=out,
+                     source=_module_path(node), dims=[0])  # fmt: skip
+        self.nodes[mean.name] = mean
+        return self.emit_raw(node, "scale", [mean.name], out, alpha=float(x.shape[0]))
 
     def const_array(self, arg: Any, node: fx.Node) -> np.ndarray | None:
         if arg is None:

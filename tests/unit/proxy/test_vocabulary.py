@@ -269,3 +269,15 @@ def test_head_only_proxy_with_features_gives_the_full_proxys_outputs() -> None:
         export(nn.Sequential(nn.Linear(4, 3), nn.Tanh()), torch.zeros(2, 4), head_only=True)
     with pytest.raises(InvalidArgumentError, match="distinct"):
         with_features(head, feats, np.zeros(6))
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_embedding_bag(mode: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(9, 6, mode=mode), nn.Linear(6, 3)).eval()
+    ids = torch.randint(0, 9, (5, 4))
+    proxy = export(model, ids[:1], quantize=None, fallback=False)
+    with torch.no_grad():
+        want = model(ids).numpy()
+    for got in _run_all(proxy, ids.numpy().astype(np.float32)).values():
+        _close(got, want)
