@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -183,12 +185,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d, "resn
 def load_factory(path: str) -> Callable[..., nn.Module]:
     """The callable at ``module:attr`` (a user's model factory, e.g. ``mymodels:vit_tiny``).
 
+    The module is imported from ``sys.path`` and, failing that, the current directory.
+
     Raises:
         InvalidArgumentError: the module does not import or has no such callable.
     """
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise InvalidArgumentError(f"model {path!r} is not a module:factory import path (e.g. mymodels:small_vit)")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a module next to where the command runs imports
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the user's module raises on import
