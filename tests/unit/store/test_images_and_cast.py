@@ -90,3 +90,19 @@ def test_cli_ingest_dtype_flag(tmp_path: Path) -> None:
     assert "raw float32 (4,)" in run.stdout
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["source"]["cast"] == "float64 -> float32"
+
+
+def test_jpeg_folder_ingests_and_decodes(tmp_path: Path) -> None:
+    for c, name in enumerate(("a", "b")):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((9, 12, 3), 60 + 120 * c, np.uint8), "RGB").save(
+                tmp_path / "src" / name / f"{i}.jpg"
+            )
+    (path,) = ingest(tmp_path / "src", tmp_path / "d")
+    ds = open_dataset(path)
+    assert ds.codec.kind == "jpeg"
+    x = decode_images(ds.read(np.arange(6)), ImagePrep(resize=8, height=8, width=8))
+    assert x.shape == (6, 8, 8, 3)
+    assert abs(float(x[0].mean()) - 60) < 5 and abs(float(x[5].mean()) - 180) < 5  # lossy, close
+    ds.close()
