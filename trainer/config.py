@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.store.images import ImagePrep
 from nessa.trainer.models import MODELS
 from nessa.trainer.schedule import LRSchedule
 
@@ -84,7 +85,8 @@ class TrainConfig:
         target: the storage daemon's ``host:port``.
         dataset: training dataset name.
         test_dataset: test dataset name (evaluated after every epoch).
-        model: ``mlp``, ``cnn1d`` or ``resnet20``.
+        model: ``mlp``, ``cnn1d``, ``resnet20``, or a user's model factory by import path (``mymodels:small_vit``;
+            called with those of ``num_classes``, ``channels``, ``input_shape`` it takes).
         method: ``full`` or a selector of the library (``random``, ``balanced``, ``craig``, ``crest`` ...).
         fraction: budget per epoch as a fraction of the training set (ignored by ``full``).
         epochs: epochs to train.
@@ -144,6 +146,9 @@ class TrainConfig:
             ``epochs`` is then the most it may train).
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
+        image_size: for png/jpeg datasets: resize the shorter side to this and center-crop it square (the daemon
+            decodes the same way before the proxy); 0 for array datasets.
+        image_mode: for png/jpeg datasets: ``RGB`` or ``L`` (grayscale).
     """
 
     target: str
@@ -191,10 +196,26 @@ class TrainConfig:
     weighted: bool = True
     partition_refresh: int = 1
     session: str = ""
+    image_size: int = 0
+    image_mode: str = "RGB"
+
+    def image_prep(self) -> ImagePrep | None:
+        """The decode of png/jpeg samples (``None`` without ``image_size``)."""
+        if not self.image_size:
+            return None
+        n = int(self.image_size)
+        return ImagePrep(mode=self.image_mode, resize=n, height=n, width=n)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise InvalidArgumentError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
+        if self.model not in MODELS and ":" not in self.model:
+            raise InvalidArgumentError(
+                f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}, or a module:factory "
+                "import path"
+            )
+        if self.image_size < 0 or self.image_mode not in ("RGB", "L"):
+            raise InvalidArgumentError(
+                f"image_size must be >= 0 and image_mode RGB or L; got {self.image_size}, {self.image_mode!r}"
+            )
         if not self.dataset or not self.test_dataset:
             raise InvalidArgumentError("give both --dataset and --test-dataset (names the daemon serves)")
         if not (math.isfinite(self.epochs_budget) and 0 <= self.epochs_budget <= 1):

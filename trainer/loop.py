@@ -40,7 +40,7 @@ from nessa.trainer.resume import Checkpoint
 from nessa.trainer.schedule import LRSchedule
 from nessa.trainer.selecting import ProxyExporter
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "fit", "train"]
 
 log = logging.getLogger("nessa.trainer")
 
@@ -62,8 +62,13 @@ class Trainer:
         client: StorageClient | None = None,
         echo: Callable[[str], None] | None = None,
         energy: dict[str, EnergyMeter] | None = None,
+        *,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.config = config
+        self._user_model, self._user_optimizer, self.loss_fn = model, optimizer, loss_fn
         self.client = client or StorageClient(config.target, token=config.token, tls=config.tls)
         self._echo = echo or log.info
         self.needs_proxy = method_needs_proxy(config.method, config.options)
@@ -101,14 +106,17 @@ class Trainer:
             )
         if self.info.num_samples < 1 or self.test_info.num_samples < 1:
             raise FailedPreconditionError("the training and test datasets must hold samples; ingest them first")
-        self.decoder = SampleDecoder(self.info, cfg.model)
+        self.decoder = SampleDecoder(self.info, cfg.model, cfg.image_prep())
         self.placement = place(cfg.cpus)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 - seeds the legacy global generator third-party code uses
-        self.model: nn.Module = build_model(cfg.model, **self.decoder.model_kwargs()).to(self.device)
-        self.optimizer = torch.optim.SGD(
+        built = (
+            self._user_model if self._user_model is not None else build_model(cfg.model, **self.decoder.model_kwargs())
+        )
+        self.model: nn.Module = built.to(self.device)
+        self.optimizer = self._user_optimizer or torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.schedule = LRSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs)
@@ -228,7 +236,7 @@ class Trainer:
         self.model.train()
         logits = self.model(x)
         per_sample = F.cross_entropy(logits, y, reduction="none")
-        loss = (per_sample * w).mean()
+        loss = (per_sample * w).mean() if self.loss_fn is None else self.loss_fn(logits, y, w)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -348,7 +356,7 @@ class Trainer:
             )
         start = time.perf_counter()
         self.meter.take_bytes()  # the describe calls before are setup (counted there), not evaluation
-        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device)
+        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device, cfg.image_prep())
         self.meter.publish_bytes(cfg.test_dataset)
         self.meter.totals["eval_bytes"] += self.meter.take_bytes()[0]
         self.meter.totals["eval_seconds"] += time.perf_counter() - start
@@ -413,3 +421,33 @@ def train(
 ) -> RunResult:
     """Run one training job (see :class:`Trainer`) and return its result (``energy``: other processes to meter)."""
     return Trainer(config, client=client, echo=echo, energy=energy).run()
+
+
+def fit(
+    model: nn.Module,
+    target: str,
+    dataset: str,
+    test_dataset: str,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    echo: Callable[[str], None] | None = None,
+    **config: Any,
+) -> RunResult:
+    """Train a user's ``model`` (an instance) with the trainer: proxy pushes, selections, streaming, checkpoints.
+
+    Args:
+        model: the model; samples reach it as stored (channel-last images channel-first, png/jpeg decoded with
+            ``image_size``), scaled by 1/255 when uint8.
+        target: the daemon's ``host:port``.
+        dataset: training dataset.
+        test_dataset: test dataset.
+        optimizer: default SGD from ``lr``/``momentum``/``weight_decay``; the trainer's schedule (``lr``,
+            ``warmup_epochs``) sets its learning rate each step.
+        loss_fn: ``loss_fn(logits, labels, weights) -> scalar`` (default :func:`nessa.weighted_loss`'s form).
+        echo: where per-epoch lines go.
+        **config: other :class:`~nessa.trainer.config.TrainConfig` fields (``method``, ``fraction``, ``epochs``, ...).
+    """
+    label = f"{type(model).__module__}:{type(model).__qualname__}"
+    cfg = TrainConfig(target=target, dataset=dataset, test_dataset=test_dataset, model=label, **config)
+    return Trainer(cfg, echo=echo, model=model, optimizer=optimizer, loss_fn=loss_fn).run()

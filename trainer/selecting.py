@@ -148,5 +148,6 @@ class ProxyExporter:
             quantize=self.quantize,
             version=version,
             normalization=self.decoder.normalization,
+            image=self.decoder.image,
         )
         return dumps(proxy)
