@@ -14,7 +14,14 @@ Sub-packages:
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# torch DataLoader workers fork the process, often after it used a gRPC channel (a Select before the loop); without
+# gRPC's fork handlers a forked child can hang opening its own channel (grpc/grpc#13873, #19158). gRPC reads this
+# when it is first imported, so it must be set before: importing nessa first does it (set it to "false" to opt out).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "true")
 
 from typing import TYPE_CHECKING, Any
 
