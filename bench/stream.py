@@ -15,6 +15,8 @@ full epoch's sample payload (the least a full-data epoch moves). Goal: at most (
 
 Files are in the page cache (just written): this measures CPU per byte, not the disk. MB = 10^6 bytes.
 
+Then a per-stage breakdown of the stream path (see :func:`profile_stages`) beside the bare transport.
+
 Usage: ``python bench/stream.py [--samples N] [--repeats R] [--dir D]``
 """
 
@@ -117,6 +119,101 @@ def measure_read(reader, indices: np.ndarray, per_message: int) -> tuple[float, 
     return time.perf_counter() - t0, total
 
 
+# --- per-stage profile (in this process, the same messages the stream sends) -------------------------------------
+
+
+def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Median seconds of ``fn()`` over ``repeats`` runs."""
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def profile_stages(reader, indices: np.ndarray, per_message: int, repeats: int) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    """Seconds each stage of the stream path takes over the whole selection (medians of ``repeats``).
+
+    The daemon's stages are run by hand on the messages it would send (same indices, same sizes): reading the
+    values out of LMDB (``buffers=True``: no copy), copying them into ``bytes``, the per-sample checksums,
+    protobuf-encoding the metadata, framing (the join that builds the message), then the client's
+    ``SampleBatch.FromString`` and the copies it makes taking samples and arrays out of the message.
+    """
+    import nessa.store.checksum as checksum
+    from nessa.store.manifest import encode_keys
+    from nessa.services.storage.servicer import encode_sample_batch
+    from nessa.v1 import storage_pb2 as pb
+
+    chunks = [indices[lo : lo + per_message] for lo in range(0, len(indices), per_message)]
+    shard_of = np.searchsorted(reader._starts, indices, side="right") - 1
+    groups = []  # per message: (environment, sorted keys) for each shard it touches, as DatasetReader.read does
+    for lo in range(0, len(indices), per_message):
+        c, s = indices[lo : lo + per_message], shard_of[lo : lo + per_message]
+        groups.append([(reader._env(int(sh)), encode_keys(np.unique(c[s == sh]))) for sh in np.unique(s)])
+    labels = reader.labels
+
+    def lmdb_read(buffers: bool = True) -> None:
+        for g in groups:
+            for env, k in g:
+                with env.begin(buffers=buffers) as txn:
+                    txn.cursor().getmulti(k)
+
+    values = []
+    for g in groups:
+        vals = []
+        for env, k in g:
+            with env.begin(buffers=False) as txn:
+                vals += [v for _k, v in txn.cursor().getmulti(k)]
+        values.append(vals)
+
+    def checksums() -> None:
+        for v in values:
+            checksum.checksums(v, len(v))
+
+    def meta(c: np.ndarray) -> pb.SampleBatch:
+        return pb.SampleBatch(indices=c.tolist(), labels=labels[c].tolist(), weights=[1.0] * len(c),
+                              cursor="0123456789abcdef.1000", position=1000, total=5000)  # fmt: skip
+
+    metas = [meta(c) for c in chunks]
+
+    def encode() -> None:
+        for c in chunks:
+            meta(c).SerializeToString()
+
+    def framing() -> None:
+        for m, v in zip(metas, values, strict=True):
+            encode_sample_batch(m, v)
+
+    messages = [encode_sample_batch(m, v) for m, v in zip(metas, values, strict=True)]
+
+    def decode() -> None:
+        for data in messages:
+            pb.SampleBatch.FromString(data)
+
+    parsed = [pb.SampleBatch.FromString(d) for d in messages]
+
+    def copies() -> None:
+        for msg in parsed:
+            list(msg.samples)
+            np.asarray(msg.indices, dtype=np.int64), np.asarray(msg.labels, dtype=np.int64)
+            np.asarray(msg.weights, dtype=np.float32)
+
+    stages = [
+        ("daemon: LMDB read (getmulti, buffers=True)", _time(lmdb_read, repeats)),
+        (
+            "daemon: LMDB values copied out to bytes",
+            max(0.0, _time(lambda: lmdb_read(False), repeats) - _time(lmdb_read, repeats)),
+        ),
+        ("daemon: per-sample checksums (xxh3)", _time(checksums, repeats)),
+        ("daemon: protobuf encode of the metadata", _time(encode, repeats)),
+        ("daemon: framing (join into the message)", max(0.0, _time(framing, repeats) - _time(encode, repeats))),
+        ("client: SampleBatch.FromString", _time(decode, repeats)),
+        ("client: samples and arrays out of the message", _time(copies, repeats)),
+    ]
+    return stages
+
+
 def epoch_bytes(target: str, proxy: bytes, fraction: float, epoch: int) -> dict[str, int]:
     from nessa.client import StorageClient
 
@@ -150,7 +247,7 @@ def main() -> None:
     import torch
 
     from nessa.client import StorageClient
-    from nessa.proxy import dumps, export
+    from nessa.proxy import Normalization, dumps, export
     from nessa.store import ingest_arrays, open_dataset, synthetic_arrays
     from nessa.trainer.models import resnet20
 
@@ -193,6 +290,7 @@ def main() -> None:
                 conc.append(sum(p for _, _, p in spans) / (end_t - start_t) / 1e6)
 
         med = {k: statistics.median(v) for k, v in rows.items()}
+        stages = profile_stages(reader, sel.indices, per_message, args.repeats)
         print(
             f"# StreamSamples throughput: {info.num_samples} CIFAR-shaped samples ({info.total_bytes / 1e6:.0f} MB), "
             f"10 % selection ({len(sel)} samples, {sel.selected_bytes / 1e6:.1f} MB), medians of {args.repeats}"
@@ -214,8 +312,32 @@ def main() -> None:
         print(f"goal: StreamSamples >= 0.7x bare gRPC: {'met' if med['stream'] >= 0.7 * med['bare'] else 'NOT met'} "
               f"({med['stream'] / med['bare']:.2f}x)")  # fmt: skip
 
+        print()
+        payload_mb = sel.selected_bytes / 1e6
+        print(f"# Where the time goes: each stage over the same {payload_mb:.1f} MB selection, in this process "
+              f"(medians of {args.repeats}); the transport from the bare gRPC run")  # fmt: skip
+        print()
+        print("| stage | ms | us per MiB | MB/s alone | share |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        transport = payload_mb / med["bare"]
+        rows_s = [*stages, ("gRPC transport (bare stream of the same bytes)", transport)]
+        whole = sum(t for _, t in rows_s)
+        for name, secs in rows_s:
+            print(f"| {name} | {secs * 1e3:.1f} | {secs / payload_mb * 1e6 * MIB / 1e6:.0f} | "
+                  f"{payload_mb / max(secs, 1e-9):.0f} | {secs / whole:.0%} |")  # fmt: skip
+        print(f"| sum of stages (if nothing overlapped) | {whole * 1e3:.1f} | {whole / payload_mb * MIB:.0f} | "
+              f"{payload_mb / whole:.0f} | 100% |")  # fmt: skip
+        rest = payload_mb / med["stream"] - whole
+        print(f"| not in any stage (call setup, per-message Python in gRPC and the servicer, threads) | "
+              f"{rest * 1e3:.1f} | {rest / payload_mb * MIB:.0f} | | |")  # fmt: skip
+        print(f"| measured StreamSamples, end to end | {payload_mb / med['stream'] * 1e3:.1f} | "
+              f"{MIB / med['stream']:.0f} | {med['stream']:.0f} | |")  # fmt: skip
+
         torch.manual_seed(0)
-        proxy = dumps(export(resnet20().eval(), torch.zeros(1, 3, 32, 32), quantize="int8", version=1))
+        norm = Normalization(dtype="uint8", scale=1 / 255)
+        proxy = dumps(
+            export(resnet20().eval(), torch.zeros(1, 3, 32, 32), quantize="int8", version=1, normalization=norm)
+        )
         full = info.total_bytes
         print()
         print(f"# Bytes moved per epoch (proxy ResNet-20 int8 = {len(proxy) / 1e6:.2f} MB pushed every epoch; "
