@@ -15,7 +15,9 @@ full epoch's sample payload (the least a full-data epoch moves). Goal: at most (
 
 Files are in the page cache (just written): this measures CPU per byte, not the disk. MB = 10^6 bytes.
 
-Then a per-stage breakdown of the stream path (see :func:`profile_stages`) beside the bare transport.
+Then a per-stage breakdown of the stream path (see :func:`profile_stages`) beside the bare transport: what each
+stage costs alone, and what no stage accounts for (call setup, per-message Python in gRPC and the servicer, the
+helper thread's hand-off).
 
 Usage: ``python bench/stream.py [--samples N] [--repeats R] [--dir D]``
 """
@@ -136,14 +138,14 @@ def profile_stages(reader, indices: np.ndarray, per_message: int, repeats: int) 
     """Seconds each stage of the stream path takes over the whole selection (medians of ``repeats``).
 
     The daemon's stages are run by hand on the messages it would send (same indices, same sizes): reading the
-    values out of LMDB (``buffers=True``: no copy), copying them into ``bytes``, the per-sample checksums,
-    protobuf-encoding the metadata, framing (the join that builds the message), then the client's
-    ``SampleBatch.FromString`` and the copies it makes taking samples and arrays out of the message.
+    values out of LMDB (``buffers=True``: views of the map, no copy), the per-sample checksums, encoding the
+    message head (:func:`nessa.packed.encode_head`), and the one copy that joins head and values into the message
+    (with the length checks: :meth:`DatasetReader.read_joined` less the read and the checksums); then the client's
+    :func:`nessa.packed.decode_sample_batch` and what it copies (the small arrays; the samples are viewed).
     """
     import nessa.store.checksum as checksum
+    from nessa.packed import decode_sample_batch, encode_head
     from nessa.store.manifest import encode_keys
-    from nessa.services.storage.servicer import encode_sample_batch
-    from nessa.v1 import storage_pb2 as pb
 
     chunks = [indices[lo : lo + per_message] for lo in range(0, len(indices), per_message)]
     shard_of = np.searchsorted(reader._starts, indices, side="right") - 1
@@ -151,67 +153,57 @@ def profile_stages(reader, indices: np.ndarray, per_message: int, repeats: int) 
     for lo in range(0, len(indices), per_message):
         c, s = indices[lo : lo + per_message], shard_of[lo : lo + per_message]
         groups.append([(reader._env(int(sh)), encode_keys(np.unique(c[s == sh]))) for sh in np.unique(s)])
-    labels = reader.labels
+    labels, sizes = reader.labels, reader.sizes
 
-    def lmdb_read(buffers: bool = True) -> None:
+    def lmdb_read() -> None:
         for g in groups:
             for env, k in g:
-                with env.begin(buffers=buffers) as txn:
+                with env.begin(buffers=True) as txn:
                     txn.cursor().getmulti(k)
 
-    values = []
-    for g in groups:
-        vals = []
-        for env, k in g:
-            with env.begin(buffers=False) as txn:
-                vals += [v for _k, v in txn.cursor().getmulti(k)]
-        values.append(vals)
-
     def checksums() -> None:
-        for v in values:
-            checksum.checksums(v, len(v))
+        for g in groups:
+            for env, k in g:
+                with env.begin(buffers=True) as txn:
+                    values = [v for _k, v in txn.cursor().getmulti(k)]
+                    checksum.checksums(values, len(values))
 
-    def meta(c: np.ndarray) -> pb.SampleBatch:
-        return pb.SampleBatch(indices=c.tolist(), labels=labels[c].tolist(), weights=[1.0] * len(c),
-                              cursor="0123456789abcdef.1000", position=1000, total=5000)  # fmt: skip
+    def head(c: np.ndarray) -> bytes:
+        return encode_head(c, labels[c], np.ones(len(c), np.float32), sizes[c], cursor="0123456789abcdef.1000",
+                           position=1000, total=5000)  # fmt: skip
 
-    metas = [meta(c) for c in chunks]
+    heads = [head(c) for c in chunks]
 
     def encode() -> None:
         for c in chunks:
-            meta(c).SerializeToString()
+            head(c)
 
-    def framing() -> None:
-        for m, v in zip(metas, values, strict=True):
-            encode_sample_batch(m, v)
+    def joined() -> None:
+        for c, h in zip(chunks, heads, strict=True):
+            reader.read_joined(c, h)
 
-    messages = [encode_sample_batch(m, v) for m, v in zip(metas, values, strict=True)]
+    messages = [reader.read_joined(c, h) for c, h in zip(chunks, heads, strict=True)]
 
     def decode() -> None:
         for data in messages:
-            pb.SampleBatch.FromString(data)
+            decode_sample_batch(data)
 
-    parsed = [pb.SampleBatch.FromString(d) for d in messages]
+    parsed = [decode_sample_batch(d) for d in messages]
 
     def copies() -> None:
         for msg in parsed:
-            list(msg.samples)
-            np.asarray(msg.indices, dtype=np.int64), np.asarray(msg.labels, dtype=np.int64)
-            np.asarray(msg.weights, dtype=np.float32)
+            msg.indices.copy(), msg.labels.copy(), msg.weights.copy()
+            msg.samples.as_array(np.uint8, (3, 32, 32))
 
-    stages = [
-        ("daemon: LMDB read (getmulti, buffers=True)", _time(lmdb_read, repeats)),
-        (
-            "daemon: LMDB values copied out to bytes",
-            max(0.0, _time(lambda: lmdb_read(False), repeats) - _time(lmdb_read, repeats)),
-        ),
-        ("daemon: per-sample checksums (xxh3)", _time(checksums, repeats)),
-        ("daemon: protobuf encode of the metadata", _time(encode, repeats)),
-        ("daemon: framing (join into the message)", max(0.0, _time(framing, repeats) - _time(encode, repeats))),
-        ("client: SampleBatch.FromString", _time(decode, repeats)),
-        ("client: samples and arrays out of the message", _time(copies, repeats)),
+    t_read, t_sum = _time(lmdb_read, repeats), _time(checksums, repeats)
+    return [
+        ("daemon: LMDB read (getmulti, buffers=True: views)", t_read),
+        ("daemon: per-sample checksums (xxh3)", max(0.0, t_sum - t_read)),
+        ("daemon: message head (packed arrays, protobuf)", _time(encode, repeats)),
+        ("daemon: the one copy, values into the message", max(0.0, _time(joined, repeats) - t_sum)),
+        ("client: decode_sample_batch (views)", _time(decode, repeats)),
+        ("client: arrays copied out, samples viewed", _time(copies, repeats)),
     ]
-    return stages
 
 
 def epoch_bytes(target: str, proxy: bytes, fraction: float, epoch: int) -> dict[str, int]:

@@ -19,7 +19,7 @@ Bytes are counted as serialized protobuf bytes (``msg.ByteSize()``; gRPC framing
 the daemon hands each message to gRPC: for every call a client reads to its end this equals what the client
 received; a stream the client cancels may also count messages already in flight that the client never read.
 
-* ``kind="samples"``: the sample payload, the sum of ``len(b)`` over every ``SampleBatch.samples`` entry sent;
+* ``kind="samples"``: the sample payload, the size of every ``SampleBatch.data`` blob sent;
 * ``kind="metadata"``: the rest of every dataset-scoped reply (``SampleBatch`` minus its payload, ``Selection``,
   ``DatasetInfo``, ``ProxyAck``);
 * ``kind="proxy"`` (received): the ``data`` bytes of every ``ProxyChunk`` received.
