@@ -191,6 +191,22 @@ PROXY_VERSION = Gauge(
     registry=STORAGE_REGISTRY,
 )
 ACTIVE_STREAMS = Gauge("nessa_active_streams", "StreamSamples calls in progress.", registry=STORAGE_REGISTRY)
+LINK_RATE = Gauge(
+    "nessa_link_rate_bytes_per_second",
+    "Rate of the emulated storage link (--link-rate), per direction; 0 when the daemon does not pace.",
+    registry=STORAGE_REGISTRY,
+)
+LINK_WAIT = Counter(
+    "nessa_link_wait_seconds_total",
+    "Seconds this process's calls waited for the emulated link (direction: send = streams, receive = proxies).",
+    ["direction"],
+    registry=STORAGE_REGISTRY,
+)
+STREAM_WORKERS = Gauge(
+    "nessa_stream_workers",
+    "Processes serving StreamSamples (--workers): this one and the stream workers that share its port.",
+    registry=STORAGE_REGISTRY,
+)
 ACTIVE_SELECTIONS = Gauge("nessa_active_selections", "Select calls in progress.", registry=STORAGE_REGISTRY)
 SELECTION_CACHE_BYTES = Gauge(
     "nessa_selection_cache_bytes",

@@ -22,6 +22,7 @@ from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.link import Link
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
 from nessa.services.storage.selections import SelectionParams, SelectionService
 from nessa.services.storage.streaming import OutgoingBatch, check_limits, iter_batches, plan_stream
@@ -144,15 +145,26 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         catalog: datasets served.
         proxies: proxies held.
         selections: selection jobs and results.
+        link: the emulated link's pacers (``--link-rate``), or ``None``.
+        worker: this process's number among the stream workers (0: the primary); streams send it as the
+            ``x-nessa-worker`` initial metadata.
     """
 
     def __init__(
-        self, config: DaemonConfig, catalog: Catalog, proxies: ProxyStore, selections: SelectionService
+        self,
+        config: DaemonConfig,
+        catalog: Catalog,
+        proxies: ProxyStore,
+        selections: SelectionService,
+        link: Link | None = None,
+        worker: int = 0,
     ) -> None:
         self.config = config
         self.catalog = catalog
         self.proxies = proxies
         self.selections = selections
+        self.link = link
+        self.worker = worker
 
     def _proxy_version(self, dataset: str) -> int | None:
         record = self.proxies.get(dataset)
@@ -173,6 +185,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     def PushProxy(self, request_iterator: Iterable[pb.ProxyChunk], context: grpc.ServicerContext) -> pb.ProxyAck:
         """Receive, check and keep a proxy."""
+        if self.link is not None:
+            request_iterator = self.link.received(request_iterator)
         chunks = (
             ProxyChunkData(
                 dataset=c.dataset,
@@ -253,6 +267,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     def StreamSamples(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         """Stream a selection's (or explicit indices') samples in batches bounded in bytes (serialized here)."""
         cfg = self.config
+        context.send_initial_metadata((("x-nessa-worker", str(self.worker)),))
         check_limits(request.batch_size, request.max_batch_bytes, cfg.max_batch_bytes)
         source = request.WhichOneof("source")
         if source == "selection_id":
@@ -315,6 +330,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 metadata_sent.inc(len(data) - payload)
                 if not request.metadata_only and (b.sample_size == 0 or b.piece_offset + payload == b.sample_size):
                     streamed.inc(len(b.indices))
+                if self.link is not None:
+                    self.link.send(len(data))
                 yield data
         finally:
             ACTIVE_STREAMS.dec()
