@@ -7,7 +7,9 @@ Side by side in one run (each repeat runs every measurement once, in turn; media
 - bare gRPC: a minimal gRPC server (a subprocess) streaming pre-built 1 MiB ``bytes`` messages (no protobuf, no
   storage) to a raw-bytes client on the same loopback: the ceiling; the same number of bytes as the selection;
 - raw read(): ``DatasetReader.read`` of the same samples in this process, in the stream's message-sized batches;
-- 4 clients: four processes streaming the selection (different shuffle seeds) at once; aggregate MB/s.
+- 4 clients: four processes streaming the selection (different shuffle seeds) at once, started together; aggregate
+  MB/s, beside four bare clients at once, and the same against a daemon with ``--workers N`` (stream worker
+  processes sharing the port).
 
 Then the bytes one epoch moves at fractions 1 %, 10 %, 30 %: the pushed proxy (ResNet-20, int8), the Select reply
 (indices and weights) and the stream (payload and metadata), all as counted on the wire by the client, against a
@@ -19,7 +21,7 @@ Then a per-stage breakdown of the stream path (see :func:`profile_stages`) besid
 stage costs alone, and what no stage accounts for (call setup, per-message Python in gRPC and the servicer, the
 helper thread's hand-off).
 
-Usage: ``python bench/stream.py [--samples N] [--repeats R] [--dir D]``
+Usage: ``python bench/stream.py [--samples N] [--repeats R] [--clients C] [--workers W] [--dir D]``
 """
 
 from __future__ import annotations
@@ -92,15 +94,37 @@ def measure_stream(target: str, selection_id: str, seed: int) -> tuple[float, in
     return time.perf_counter() - t0, payload, n
 
 
-def measure_stream_at(target: str, selection_id: str, seed: int) -> tuple[float, float, int]:
-    """For the concurrent run: (start, end, payload bytes) on a shared clock."""
+def measure_stream_at(target: str, selection_id: str, seed: int, start_at: float) -> tuple[float, float, int]:
+    """For the concurrent run: (start, end, payload bytes) on a shared clock, starting at ``start_at``."""
     from nessa.client import StorageClient
 
     client = StorageClient(target)
     client.describe("cifar")  # connect before the clock starts
+    time.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
     payload = sum(b.payload_bytes for b in client.stream(selection_id, batch_size=4096, shuffle_seed=seed))
     return t0, time.time(), payload
+
+
+def measure_bare_at(target: str, nbytes: int, start_at: float) -> tuple[float, float, int]:
+    """The bare stream for the concurrent run: (start, end, bytes)."""
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 4 * MIB)]) as ch:
+        call = ch.unary_stream(_BARE_METHOD)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        time.sleep(max(0.0, start_at - time.time()))
+        t0 = time.time()
+        got = sum(len(m) for m in call(str(max(1, round(nbytes / MIB))).encode(), timeout=600))
+        return t0, time.time(), got
+
+
+def concurrent(pool: ProcessPoolExecutor, fn, args: list[tuple], repeats: int) -> float:  # type: ignore[no-untyped-def, type-arg]
+    """Median aggregate MB/s of ``fn(*a, start_at)`` for every ``a`` run at once, over ``repeats`` rounds."""
+    out = []
+    for _ in range(repeats):
+        start_at = time.time() + 0.5  # every process connected and waiting: they start together
+        spans = list(pool.map(fn, *zip(*args, strict=True), [start_at] * len(args)))
+        out.append(sum(p for _, _, p in spans) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans)) / 1e6)
+    return statistics.median(out)
 
 
 def measure_bare(target: str, nbytes: int) -> tuple[float, int]:
@@ -230,6 +254,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes (default 4)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="also measure a daemon with --workers N (default min(4, cores); 1 skips it)")  # fmt: skip
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -256,6 +283,13 @@ def main() -> None:
          "--state-dir", str(work / "state"), "--log-level", "warning"]
     )  # fmt: skip
     bare, bare_target = start([sys.executable, __file__, "--bare-server"])
+    workers_daemon, workers_target = None, None
+    if args.workers > 1:
+        workers_daemon, workers_target = start(
+            [str(nessa), "serve", "--data-dir", str(data_dir), "--port", "0", "--metrics-port", "-1",
+             "--state-dir", str(work / "state-workers"), "--log-level", "warning", "--no-warmup",
+             "--workers", str(args.workers)]
+        )  # fmt: skip
     try:
         client = StorageClient(target)
         info = client.describe("cifar")
@@ -271,15 +305,18 @@ def main() -> None:
             rows["bare"].append(got / secs / 1e6)
             secs, got = measure_read(reader, sel.indices, per_message)
             rows["read"].append(got / secs / 1e6)
-        conc: list[float] = []
-        with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
-            for r in range(max(2, args.repeats // 2)):
-                spans = list(
-                    pool.map(measure_stream_at, [target] * 4, [sel.id] * 4, [100 + 4 * r + i for i in range(4)])
-                )
-                start_t = min(s for s, _, _ in spans)
-                end_t = max(e for _, e, _ in spans)
-                conc.append(sum(p for _, _, p in spans) / (end_t - start_t) / 1e6)
+        clients = args.clients
+        with ProcessPoolExecutor(clients, mp_context=get_context("spawn")) as pool:
+            streams = [(target, sel.id, 100 + i) for i in range(clients)]
+            conc = concurrent(pool, measure_stream_at, streams, args.repeats)
+            payload = sel.selected_bytes
+            conc_bare = concurrent(pool, measure_bare_at, [(bare_target, payload)] * clients, args.repeats)
+            conc_workers = one_workers = None
+            if workers_target is not None:
+                wsel = StorageClient(workers_target).select("cifar", "random", 0.1, seed=1)
+                streams = [(workers_target, wsel.id, 100 + i) for i in range(clients)]
+                conc_workers = concurrent(pool, measure_stream_at, streams, args.repeats)
+                one_workers = concurrent(pool, measure_stream_at, streams[:1], args.repeats)
 
         med = {k: statistics.median(v) for k, v in rows.items()}
         stages = profile_stages(reader, sel.indices, per_message, args.repeats)
@@ -297,12 +334,20 @@ def main() -> None:
         print(f"| bare gRPC, 1 MiB bytes messages (ceiling) | {med['bare']:.0f} | {bare_sps:.0f} | 1.00x |")
         print(f"| raw read() from the store, in-process | {med['read']:.0f} | {med['read'] * 1e6 / sample_bytes:.0f} | "
               f"{med['read'] / med['bare']:.2f}x |")  # fmt: skip
-        cm = statistics.median(conc)
-        print(f"| StreamSamples, 4 concurrent clients (aggregate) | {cm:.0f} | {cm * 1e6 / sample_bytes:.0f} | "
-              f"{cm / med['bare']:.2f}x |")  # fmt: skip
+
+        def row(name: str, mbs: float) -> None:
+            print(f"| {name} | {mbs:.0f} | {mbs * 1e6 / sample_bytes:.0f} | {mbs / med['bare']:.2f}x |")
+
+        row(f"bare gRPC, {clients} concurrent clients (aggregate)", conc_bare)
+        row(f"StreamSamples, {clients} concurrent clients (aggregate), one process", conc)
+        if conc_workers is not None and one_workers is not None:
+            row(f"StreamSamples, 1 client, --workers {args.workers}", one_workers)
+            row(f"StreamSamples, {clients} concurrent clients (aggregate), --workers {args.workers}", conc_workers)
         print()
         print(f"goal: StreamSamples >= 0.7x bare gRPC: {'met' if med['stream'] >= 0.7 * med['bare'] else 'NOT met'} "
-              f"({med['stream'] / med['bare']:.2f}x)")  # fmt: skip
+              f"({med['stream'] / med['bare']:.2f}x); {clients} clients >= 1 client: "
+              f"{'met' if max(conc, conc_workers or 0) >= med['stream'] else 'NOT met'} "
+              f"({max(conc, conc_workers or 0) / med['stream']:.2f}x of one; {os.cpu_count()} cores here)")  # fmt: skip
 
         print()
         payload_mb = sel.selected_bytes / 1e6
@@ -348,6 +393,9 @@ def main() -> None:
         daemon.terminate()
         bare.kill()
         daemon.wait(timeout=60)
+        if workers_daemon is not None:
+            workers_daemon.terminate()
+            workers_daemon.wait(timeout=60)
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
