@@ -6,11 +6,12 @@ decode -> Prefetch) for one full epoch and one 10 % epoch (a ``random`` selectio
 shows the link and nothing else), at each link rate. Beside ResNet-20, the same epochs with no model (the data
 path alone: an accelerator faster than the link) show the I/O-bound regime this CPU cannot reach by training.
 
-Columns: epoch seconds (wall, first batch requested to last batch trained), samples, MB that crossed the link (as
+Columns (medians of ``--repeats`` epochs, each from the same initial model): epoch seconds (wall, first batch requested to last batch trained), samples, MB that crossed the link (as
 the client counts them), data wait (seconds the training loop was blocked on data, and its share of the epoch), and
 what the link alone needs for those bytes (MB / rate). The link is an emulation (see ``docs/streaming.md``).
 
-Usage: ``python bench/link.py [--samples N] [--rates 1Gbit,10Gbit] [--fraction 0.1] [--quick]``
+Usage: ``python bench/link.py [--samples N] [--rates 1Gbit,10Gbit] [--fraction 0.1] [--repeats R] [--quick]``
+(``--rates 100Mbit,1Gbit,10Gbit`` adds a link slow enough to bind even this CPU's training.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,17 +83,18 @@ def run_epoch(client, selection, decoder, model, batch_size: int, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=4000, help="samples in the synthetic set (default 4000)")
+    parser.add_argument("--samples", type=int, default=2000, help="samples in the synthetic set (default 2000)")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs measured per cell; medians (default 3)")
     parser.add_argument("--rates", default="1Gbit,10Gbit", help="link rates, comma-separated (default 1Gbit,10Gbit)")
     parser.add_argument("--fraction", type=float, default=0.1, help="the subset epoch's fraction (default 0.1)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--quick", action="store_true", help="1000 samples (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="500 samples, one repeat (a smoke run)")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     args = parser.parse_args()
     if args.quick:
-        args.samples = 1000
-    if args.samples < 100 or not 0 < args.fraction < 1:
-        raise SystemExit("--samples must be >= 100 and --fraction in (0, 1)")
+        args.samples, args.repeats = 500, 1
+    if args.samples < 100 or not 0 < args.fraction < 1 or args.repeats < 1:
+        raise SystemExit("--samples must be >= 100, --fraction in (0, 1) and --repeats >= 1")
 
     import torch
 
@@ -111,6 +114,8 @@ def main() -> None:
         x, y = synthetic_arrays(args.samples, seed=0)
         ingest_arrays(x, y, data_dir / "cifar", shards=2)
     rows: list[Row] = []
+    warmed = False
+    torch.set_flush_denormal(True)  # a diverging random-label run must not slow down on denormal floats
     try:
         for rate in rates:
             daemon, target = start_daemon(data_dir, work / f"state-{rate}", rate)
@@ -121,13 +126,23 @@ def main() -> None:
                 full = client.select("cifar", "random", 1.0, seed=0)
                 part = client.select("cifar", "random", args.fraction, seed=0)
                 bps = parse_rate(rate)
-                torch.manual_seed(0)
                 for model_name in ("resnet20", "none (data path only)"):
-                    model = resnet20(num_classes=info.num_classes).train() if model_name == "resnet20" else None
-                    if model is not None:  # one short warm-up epoch: first-call costs out of the table
-                        run_epoch(client, part, decoder, model, args.batch_size, seed=99)
                     for workload, sel in (("full", full), (f"{args.fraction:.0%}", part)):
-                        secs, n, moved, wait = run_epoch(client, sel, decoder, model, args.batch_size, seed=1)
+                        torch.manual_seed(0)  # the same initial model for every epoch measured
+                        model = resnet20(num_classes=info.num_classes).train() if model_name == "resnet20" else None
+                        if model is not None and not warmed:  # first-call costs out of the table
+                            run_epoch(client, part, decoder, model, args.batch_size, seed=99)
+                            warmed = True
+                            torch.manual_seed(0)
+                            model = resnet20(num_classes=info.num_classes).train()
+                        runs = []
+                        for r in range(args.repeats):  # each from the same initial model
+                            torch.manual_seed(0)
+                            model = resnet20(num_classes=info.num_classes).train() if model is not None else None
+                            runs.append(run_epoch(client, sel, decoder, model, args.batch_size, seed=1 + r))
+                        secs = statistics.median(x[0] for x in runs)
+                        wait = statistics.median(x[3] for x in runs)
+                        n, moved = runs[0][1], runs[0][2]
                         rows.append(Row(rate, workload, model_name, secs, n, moved / 1e6, wait, moved / bps))
             finally:
                 daemon.terminate()
