@@ -6,9 +6,10 @@ decode -> Prefetch) for one full epoch and one 10 % epoch (a ``random`` selectio
 shows the link and nothing else), at each link rate. Beside ResNet-20, the same epochs with no model (the data
 path alone: an accelerator faster than the link) show the I/O-bound regime this CPU cannot reach by training.
 
-Columns (medians of ``--repeats`` epochs, each from the same initial model): epoch seconds (wall, first batch requested to last batch trained), samples, MB that crossed the link (as
-the client counts them), data wait (seconds the training loop was blocked on data, and its share of the epoch), and
-what the link alone needs for those bytes (MB / rate). The link is an emulation (see ``docs/streaming.md``).
+Columns (medians of ``--repeats`` epochs, each from the same initial model): epoch seconds (wall, first batch
+requested to last batch trained), samples, MB that crossed the link (as the client counts them), data wait (seconds
+the training loop was blocked on data, and its share of the epoch), and what the link alone needs for those bytes
+(MB / rate). The link is an emulation (see ``docs/streaming.md``).
 
 Usage: ``python bench/link.py [--samples N] [--rates 1Gbit,10Gbit] [--fraction 0.1] [--repeats R] [--quick]``
 (``--rates 100Mbit,1Gbit,10Gbit`` adds a link slow enough to bind even this CPU's training.)
