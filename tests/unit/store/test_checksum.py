@@ -101,3 +101,14 @@ def test_every_corrupt_sample_of_a_read_is_named_and_none_returned(tmp_path: Pat
         assert info.value.indices == [10, 30]
         assert "sample 10 and 1 more" in str(info.value)
         assert ds.read([1, 2]) == [x[1].tobytes(), x[2].tobytes()]
+
+
+def test_read_joined_is_the_prefix_and_the_values_in_order_and_checks_them(tmp_path: Path) -> None:
+    dest, x = _dataset(tmp_path)
+    order = [40, 3, 3, 49, 0, 26]  # both shards, a duplicate, out of order
+    with open_dataset(dest) as ds:
+        assert ds.read_joined(order, b"head") == b"head" + b"".join(x[i].tobytes() for i in order)
+        assert ds.read_joined([], b"head") == b"head"
+    _flip(dest, "00001", x[40].tobytes())
+    with open_dataset(dest) as ds, pytest.raises(SampleCorruptionError, match=r"shard 1 .*sample 40 does not match"):
+        ds.read_joined([3, 40], b"head")
