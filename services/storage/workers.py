@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable
@@ -123,6 +124,9 @@ def run_worker(
     from nessa.services.storage.servicer import StorageServicer
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    # Ctrl-C reaches the whole process group: the primary alone decides when the workers stop (it sets `stop`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
     try:
         cfg = replace(config, port=port, metrics_port=None)
