@@ -19,6 +19,7 @@ path, never the absolute path of the data directory. Reads are thread-safe.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Sequence
@@ -35,6 +36,49 @@ from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
 from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encode_keys
 
 __all__ = ["DatasetReader", "open_dataset"]
+
+
+class _ShardMap:
+    """A shard's values located in LMDB's memory map: value ``i`` of the shard is ``view[offsets[i]:+size]``.
+
+    Built by one cursor pass over the shard (read-only, no writer ever: the map does not move while ``env`` is
+    open). ``view`` is a read-only view of the span of the map holding the values, valid while ``env`` stays open
+    (the reader keeps it open until :meth:`DatasetReader.close`, and drops the map with it).
+    """
+
+    def __init__(self, env: Any, first_index: int, view: memoryview | None, offsets: np.ndarray) -> None:
+        self.env = env
+        self.first_index = first_index
+        self.view = view
+        self.offsets = offsets
+
+    @property
+    def usable(self) -> bool:
+        return self.view is not None
+
+    @classmethod
+    def build(cls, env: Any, first_index: int, sizes: np.ndarray) -> _ShardMap:
+        """Scan the shard; unusable (``view`` None) when its keys are not the contiguous range its manifest says."""
+        addresses: list[int] = []
+        with env.begin(buffers=True) as txn:
+            expect = first_index
+            for key, value in txn.cursor():
+                if int.from_bytes(key, "big") != expect or len(value) != sizes[expect]:
+                    return cls(env, first_index, None, np.zeros(0, np.int64))
+                addresses.append(np.frombuffer(value, np.uint8).ctypes.data if len(value) else 0)
+                expect += 1
+        if not addresses:
+            return cls(env, first_index, None, np.zeros(0, np.int64))
+        addr = np.asarray(addresses, dtype=np.int64)
+        n = sizes[first_index : first_index + len(addr)]
+        nonempty = n > 0
+        if not nonempty.any():
+            return cls(env, first_index, None, np.zeros(0, np.int64))
+        lo = int(addr[nonempty].min())
+        hi = int((addr + n)[nonempty].max())
+        span = (ctypes.c_char * (hi - lo)).from_address(lo)
+        offsets = np.where(nonempty, addr - lo, 0)
+        return cls(env, first_index, memoryview(span).cast("B").toreadonly(), offsets)
 
 
 def _damaged(dataset: str, rel: str, what: str) -> DataCorruptionError:
@@ -112,6 +156,7 @@ class DatasetReader:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._envs: list[tuple[tuple[int, int], lmdb.Environment] | None] = [None] * len(self.manifest.shards)
+        self._maps: list[_ShardMap | None] = [None] * len(self.manifest.shards)
         self._closed = False
 
     # -- facts -------------------------------------------------------------------------------------------------
@@ -220,6 +265,7 @@ class DatasetReader:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's environments are not ours to use or release
                 self._envs = [None] * len(self._envs)
+                self._maps = [None] * len(self._maps)
                 self._pid = os.getpid()
             held = self._envs[shard]
             if held is None:
@@ -249,17 +295,77 @@ class DatasetReader:
     def read_joined(self, indices: Sequence[int] | np.ndarray, prefix: bytes = b"") -> bytes:
         """``prefix`` and then the stored bytes of each index back to back, in the order given, as one ``bytes``.
 
-        The values are read as views of the LMDB memory map (``buffers=True``), checked like :meth:`read`, and
-        copied once, by the join, while their read transactions are open. A stream message is built this way: its
-        head (which needs only the sizes, known from ``sizes.npy``) is the prefix.
+        The values are read as views of the LMDB memory map, checked like :meth:`read`, and copied once, by the join.
+        A stream message is built this way: its head (which needs only the sizes, known from ``sizes.npy``) is the
+        prefix. For a dataset with per-sample checksums, the first read of a shard locates every value of the shard
+        in the map (one cursor pass, about 2 s per million samples here; 8 bytes per sample kept), and later reads
+        slice the map without an LMDB lookup (each value still checked against its checksum); otherwise the values
+        come from ``Cursor.getmulti`` with ``buffers=True`` inside the read transactions.
 
         Raises:
             The errors of :meth:`read`.
         """
         idx = self._check(indices)
+        if self._checksums is not None and idx.size:
+            values = self._mapped_values(idx)
+            if values is not None:
+                return b"".join([prefix, *values])
         with contextlib.ExitStack() as txns:
             values = self._values(idx, txns, buffers=True)
             return b"".join([prefix, *values]) if values else bytes(prefix)
+
+    def _shard_map(self, shard: int) -> _ShardMap | None:
+        """Where each value of ``shard`` lies in LMDB's memory map (built once per process; ``None``: not usable)."""
+        env = self._env(shard)
+        with self._lock:
+            held = self._maps[shard]
+            if held is not None and held.env is env:
+                return held if held.usable else None
+        built = _ShardMap.build(env, self.manifest.shards[shard].first_index, self._sizes)
+        with self._lock:
+            if self._envs[shard] is not None and self._envs[shard][1] is env:  # type: ignore[index]
+                self._maps[shard] = built
+        return built if built.usable else None
+
+    def _mapped_values(self, idx: np.ndarray) -> list[memoryview] | None:
+        """The checked values of ``idx`` as views of the LMDB maps (no lookup), or ``None`` to take the LMDB path.
+
+        Only for datasets with per-sample checksums: every view is checked against its checksum, so a view that were
+        ever wrong would be a :class:`SampleCorruptionError`, never wrong data.
+        """
+        shard_ids = np.searchsorted(self._starts, idx, side="right") - 1
+        first, last = int(shard_ids.min()), int(shard_ids.max())
+        maps = [self._shard_map(sh) for sh in range(first, last + 1)]
+        if any(m is None for m in maps):
+            return None
+        sizes = self._sizes[idx].tolist()
+        if first == last:
+            m = maps[0]
+            assert m is not None and m.view is not None
+            starts = m.offsets[idx - m.first_index].tolist()
+            view = m.view
+            values = [view[a : a + n] for a, n in zip(starts, sizes, strict=True)]
+        else:
+            starts = np.empty(len(idx), dtype=np.int64)
+            views = []
+            for m in maps:
+                assert m is not None and m.view is not None
+                views.append(m.view)
+                local = (idx >= m.first_index) & (idx < m.first_index + len(m.offsets))
+                starts[local] = m.offsets[idx[local] - m.first_index]
+            which = (shard_ids - first).tolist()
+            values = [views[w][a : a + n] for w, a, n in zip(which, starts.tolist(), sizes, strict=True)]
+        sums = _checksum.checksums(values, len(values))
+        checksums = self._checksums
+        assert checksums is not None
+        want = checksums[idx]
+        if not np.array_equal(sums, want):
+            bad = np.flatnonzero(sums != want)
+            shard = int(shard_ids[bad[0]])
+            raise _checksum.SampleCorruptionError(
+                self.name, shard, [int(i) for i in np.unique(idx[bad][shard_ids[bad] == shard])]
+            )
+        return values
 
     def _values(self, idx: np.ndarray, txns: contextlib.ExitStack, buffers: bool) -> list[Any]:
         """The checked values of ``idx`` in order; with ``buffers``, views valid while ``txns`` stays open."""
@@ -353,6 +459,7 @@ class DatasetReader:
                     if held is not None:
                         lmdbenv.release(held[0])
             self._envs = [None] * len(self._envs)
+            self._maps = [None] * len(self._maps)
             self._closed = True
 
     def __enter__(self) -> DatasetReader:
