@@ -57,23 +57,29 @@ class _ShardMap:
         return self.view is not None
 
     @classmethod
-    def build(cls, env: Any, first_index: int, sizes: np.ndarray) -> _ShardMap:
-        """Scan the shard; unusable (``view`` None) when its keys are not the contiguous range its manifest says."""
+    def build(cls, env: Any, first_index: int, count: int, sizes: np.ndarray) -> _ShardMap:
+        """Scan the shard and locate its values.
+
+        Unusable (``view`` None) unless its keys are exactly the ``count`` its manifest says, each with its size from
+        ``sizes.npy``: reads then take the LMDB path, which names what is wrong.
+        """
+        unusable = cls(env, first_index, None, np.zeros(0, np.int64))
         addresses: list[int] = []
+        stop = min(first_index + count, len(sizes))
         with env.begin(buffers=True) as txn:
             expect = first_index
             for key, value in txn.cursor():
-                if int.from_bytes(key, "big") != expect or len(value) != sizes[expect]:
-                    return cls(env, first_index, None, np.zeros(0, np.int64))
+                if expect >= stop or int.from_bytes(key, "big") != expect or len(value) != sizes[expect]:
+                    return unusable
                 addresses.append(np.frombuffer(value, np.uint8).ctypes.data if len(value) else 0)
                 expect += 1
-        if not addresses:
-            return cls(env, first_index, None, np.zeros(0, np.int64))
+        if not addresses or len(addresses) != count:
+            return unusable
         addr = np.asarray(addresses, dtype=np.int64)
         n = sizes[first_index : first_index + len(addr)]
         nonempty = n > 0
         if not nonempty.any():
-            return cls(env, first_index, None, np.zeros(0, np.int64))
+            return unusable
         lo = int(addr[nonempty].min())
         hi = int((addr + n)[nonempty].max())
         span = (ctypes.c_char * (hi - lo)).from_address(lo)
@@ -321,7 +327,8 @@ class DatasetReader:
             held = self._maps[shard]
             if held is not None and held.env is env:
                 return held if held.usable else None
-        built = _ShardMap.build(env, self.manifest.shards[shard].first_index, self._sizes)
+        info = self.manifest.shards[shard]
+        built = _ShardMap.build(env, info.first_index, info.count, self._sizes)
         with self._lock:
             if self._envs[shard] is not None and self._envs[shard][1] is env:  # type: ignore[index]
                 self._maps[shard] = built
