@@ -45,6 +45,7 @@ from nessa.errors import (
     ResourceExhaustedError,
 )
 from nessa.order import Partition
+from nessa.packed import PackedSamples, decode_sample_batch
 from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
@@ -151,7 +152,8 @@ class Batch:
         indices: int64 dataset indices.
         labels: int64 labels.
         weights: float32 weights.
-        samples: the samples' stored bytes.
+        samples: the samples' stored bytes, as views of the received message (:class:`~nessa.packed.PackedSamples`:
+            a sequence of ``memoryview``; ``samples.as_array(dtype, shape)`` views equal-sized samples as one array).
         cursor: pass it to :meth:`StorageClient.stream` to resume right after this batch.
         position: samples of the stream delivered through this batch.
         total: samples in the stream.
@@ -162,7 +164,7 @@ class Batch:
     indices: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
-    samples: list[bytes]
+    samples: PackedSamples
     cursor: str
     position: int
     total: int
@@ -171,10 +173,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def _sized_sample_batch(data: bytes) -> tuple[int, pb.SampleBatch]:
-    return len(data), pb.SampleBatch.FromString(data)
 
 
 def _domain_error(exc: grpc.RpcError) -> Exception:
@@ -605,11 +603,11 @@ class StorageClient:
         return self._stream(request, cursor or "", self.stream_timeout if timeout is None else timeout)
 
     def _stream_samples(self) -> grpc.UnaryStreamMultiCallable:
-        """``StreamSamples`` yielding ``(wire size, SampleBatch)``: the size is counted without a costly ByteSize()."""
+        """``StreamSamples`` yielding :class:`~nessa.packed.DecodedBatch` (views of each received message)."""
         return self.channel.unary_stream(
             "/nessa.v1.Storage/StreamSamples",
             request_serializer=pb.StreamRequest.SerializeToString,
-            response_deserializer=_sized_sample_batch,
+            response_deserializer=decode_sample_batch,
         )
 
     def _stream(self, request: pb.StreamRequest, cursor: str, timeout: float) -> Iterator[Batch]:
@@ -618,37 +616,38 @@ class StorageClient:
         while True:
             request.cursor = cursor
             call = self._stream_samples()(request, timeout=timeout, metadata=self._metadata)
-            pieces: list[bytes] = []
+            pieces: list[memoryview] = []
             piece_meta = 0
             try:
-                for size, msg in call:
-                    samples = list(msg.samples)
-                    payload = sum(map(len, samples))
-                    meta = size - payload
+                for msg in call:
+                    samples = msg.samples
+                    payload = samples.nbytes
+                    meta = msg.wire_bytes - payload
                     self._count("samples", payload)
                     self._count("metadata", meta)
                     failed_at, delay = None, 0.05  # progress: a later failure gets a fresh retry budget
                     if msg.sample_size:  # one piece of a sample larger than a message
                         if msg.piece_offset != sum(len(p) for p in pieces):
                             raise DataCorruptionError(
-                                f"sample {list(msg.indices)} piece at offset {msg.piece_offset} arrived out of order; "
-                                "this is a daemon bug — report it"
+                                f"sample {msg.indices.tolist()} piece at offset {msg.piece_offset} arrived out of "
+                                "order; this is a daemon bug — report it"
                             )
                         pieces.append(samples[0])
                         piece_meta += meta
                         if msg.piece_offset + payload < msg.sample_size:
                             continue
-                        samples, payload, meta = [b"".join(pieces)], int(msg.sample_size), piece_meta
+                        whole = PackedSamples(b"".join(pieces), np.array([0, msg.sample_size], dtype=np.int64))
+                        samples, payload, meta = whole, int(msg.sample_size), piece_meta
                         pieces, piece_meta = [], 0
                     cursor = msg.cursor
                     yield Batch(
-                        indices=np.asarray(msg.indices, dtype=np.int64),
-                        labels=np.asarray(msg.labels, dtype=np.int64),
-                        weights=np.asarray(msg.weights, dtype=np.float32),
+                        indices=msg.indices.copy(),
+                        labels=msg.labels.copy(),
+                        weights=msg.weights.copy(),
                         samples=samples,
                         cursor=msg.cursor,
-                        position=int(msg.position),
-                        total=int(msg.total),
+                        position=msg.position,
+                        total=msg.total,
                         payload_bytes=payload,
                         metadata_bytes=meta,
                     )
@@ -669,4 +668,4 @@ class StorageClient:
 def iter_samples(batches: Iterable[Batch]) -> Iterator[tuple[int, int, float, bytes]]:
     """Flatten batches into ``(index, label, weight, data)`` tuples."""
     for b in batches:
-        yield from zip(b.indices.tolist(), b.labels.tolist(), b.weights.tolist(), b.samples, strict=True)
+        yield from zip(b.indices.tolist(), b.labels.tolist(), b.weights.tolist(), b.samples.tobytes_list(), strict=True)

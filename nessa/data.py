@@ -235,7 +235,11 @@ class SelectionDataset(IterableDataset):
         try:
             for batch in source:
                 for index, label, weight, data in zip(
-                    batch.indices.tolist(), batch.labels.tolist(), batch.weights.tolist(), batch.samples, strict=True
+                    batch.indices.tolist(),
+                    batch.labels.tolist(),
+                    batch.weights.tolist(),
+                    batch.samples.tobytes_list(),
+                    strict=True,
                 ):
                     sample: Sample = {"index": index, "label": label, "weight": weight, "data": data}
                     self._consumed += 1

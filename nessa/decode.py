@@ -76,12 +76,12 @@ class InputDecoder:
 
         return Normalization(mean=self.mean, std=self.std, dtype=self.dtype, scale=_SCALES[self.dtype])  # type: ignore[arg-type]
 
-    def decode(self, samples: Sequence[bytes]) -> Any:
+    def decode(self, samples: Sequence[bytes] | Sequence[memoryview]) -> Any:
         """Stored bytes of ``len(samples)`` samples → a float32 tensor ``(N, *input_shape)``."""
         import torch
 
         if self.image is not None:
-            arr = decode_images(samples, self.image)
+            arr = decode_images([bytes(v) for v in samples], self.image)
         else:
             arr = np.frombuffer(b"".join(samples), dtype=np.dtype(self.dtype)).reshape(-1, *self.sample_shape)
         if self.transpose:

@@ -19,7 +19,7 @@ Bytes are counted as serialized protobuf bytes (``msg.ByteSize()``; gRPC framing
 the daemon hands each message to gRPC: for every call a client reads to its end this equals what the client
 received; a stream the client cancels may also count messages already in flight that the client never read.
 
-* ``kind="samples"``: the sample payload, the sum of ``len(b)`` over every ``SampleBatch.samples`` entry sent;
+* ``kind="samples"``: the sample payload, the size of every ``SampleBatch.data`` blob sent;
 * ``kind="metadata"``: the rest of every dataset-scoped reply (``SampleBatch`` minus its payload, ``Selection``,
   ``DatasetInfo``, ``ProxyAck``);
 * ``kind="proxy"`` (received): the ``data`` bytes of every ``ProxyChunk`` received.
@@ -191,6 +191,22 @@ PROXY_VERSION = Gauge(
     registry=STORAGE_REGISTRY,
 )
 ACTIVE_STREAMS = Gauge("nessa_active_streams", "StreamSamples calls in progress.", registry=STORAGE_REGISTRY)
+LINK_RATE = Gauge(
+    "nessa_link_rate_bytes_per_second",
+    "Rate of the emulated storage link (--link-rate), per direction; 0 when the daemon does not pace.",
+    registry=STORAGE_REGISTRY,
+)
+LINK_WAIT = Counter(
+    "nessa_link_wait_seconds_total",
+    "Seconds this process's calls waited for the emulated link (direction: send = streams, receive = proxies).",
+    ["direction"],
+    registry=STORAGE_REGISTRY,
+)
+STREAM_WORKERS = Gauge(
+    "nessa_stream_workers",
+    "Processes serving StreamSamples (--workers): this one and the stream workers that share its port.",
+    registry=STORAGE_REGISTRY,
+)
 ACTIVE_SELECTIONS = Gauge("nessa_active_selections", "Select calls in progress.", registry=STORAGE_REGISTRY)
 SELECTION_CACHE_BYTES = Gauge(
     "nessa_selection_cache_bytes",

@@ -31,6 +31,7 @@ from nessa.client import DatasetInfo, Selection, StorageClient
 from nessa.decode import InputDecoder
 from nessa.errors import InvalidArgumentError
 from nessa.order import Partition, epoch_seed
+from nessa.packed import PackedSamples
 
 __all__ = ["Selector", "weighted_loss"]
 
@@ -122,7 +123,7 @@ class Selector:
         self._cursor: str | None = None
         self._resume: tuple[int, str, str | None] | None = None
 
-    def decode(self, samples: list[bytes]) -> Any:
+    def decode(self, samples: Sequence[bytes] | PackedSamples) -> Any:
         """Stored bytes → float32 model inputs ``(N, *input_shape)`` (what the proxy sees next to the data)."""
         return self.decoder.decode(samples)
 

@@ -11,6 +11,7 @@ decode before the proxy). For the ``raw`` codec a sample is a C-ordered ndarray 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from nessa.client import DatasetInfo
 from nessa.errors import InvalidArgumentError
+from nessa.packed import PackedSamples
 from nessa.pipeline.rebatch import SampleBatch
 from nessa.proxy.format import Normalization
 from nessa.store.images import IMAGE_CODECS, ImagePrep, decode_images
@@ -141,14 +143,19 @@ class SampleDecoder:
             return {"length": self.input_shape[0], "num_classes": classes}
         return {"in_features": self.input_shape[0], "num_classes": classes}
 
-    def decode(self, samples: list[bytes]) -> torch.Tensor:
-        """Stored bytes of ``len(samples)`` samples → float32 model inputs ``(N, *input_shape)``."""
-        n = len(samples)
+    def decode(self, samples: PackedSamples | Sequence[bytes]) -> torch.Tensor:
+        """Stored bytes of ``len(samples)`` samples → float32 model inputs ``(N, *input_shape)``.
+
+        Packed samples (as streamed) are read in place: the one copy is the conversion to float32. Images are
+        decoded as the daemon decodes them before the proxy.
+        """
+        packed = samples if isinstance(samples, PackedSamples) else PackedSamples.from_samples(samples)
+        n = len(packed)
         if self.image is not None:
-            arr = decode_images(samples, self.image)  # the same decode the daemon runs before the proxy
+            arr = decode_images(packed.tobytes_list(), self.image)  # the same decode the daemon runs
         else:
-            joined = b"".join(samples)
-            if len(joined) != n * self.sample_nbytes:
+            joined = packed.contiguous()
+            if len(joined) != n * self.sample_nbytes or (n and not (packed.sizes == self.sample_nbytes).all()):
                 raise InvalidArgumentError(
                     f"received {len(joined)} bytes for {n} samples of {self.sample_nbytes} bytes each (dataset "
                     f"{self.info.name!r}); the daemon serves another layout than it describes — re-ingest the dataset"

@@ -265,23 +265,25 @@ class StreamRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., selection_id: _Optional[str] = ..., indices: _Optional[_Union[IndexList, _Mapping]] = ..., batch_size: _Optional[int] = ..., shuffle_seed: _Optional[int] = ..., cursor: _Optional[str] = ..., max_batch_bytes: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ..., metadata_only: _Optional[bool] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
-    __slots__ = ("indices", "labels", "weights", "samples", "piece_offset", "sample_size", "cursor", "position", "total")
+    __slots__ = ("indices", "labels", "weights", "offsets", "piece_offset", "sample_size", "cursor", "position", "total", "data")
     INDICES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
     PIECE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
-    indices: _containers.RepeatedScalarFieldContainer[int]
-    labels: _containers.RepeatedScalarFieldContainer[int]
-    weights: _containers.RepeatedScalarFieldContainer[float]
-    samples: _containers.RepeatedScalarFieldContainer[bytes]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    indices: bytes
+    labels: bytes
+    weights: bytes
+    offsets: bytes
     piece_offset: int
     sample_size: int
     cursor: str
     position: int
     total: int
-    def __init__(self, indices: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., samples: _Optional[_Iterable[bytes]] = ..., piece_offset: _Optional[int] = ..., sample_size: _Optional[int] = ..., cursor: _Optional[str] = ..., position: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    data: bytes
+    def __init__(self, indices: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., offsets: _Optional[bytes] = ..., piece_offset: _Optional[int] = ..., sample_size: _Optional[int] = ..., cursor: _Optional[str] = ..., position: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -23,19 +23,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nessa.errors import FailedPreconditionError
-from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
+from nessa.metrics import LINK_RATE, STORAGE_REGISTRY, STREAM_WORKERS, initialize_storage_series, start_metrics_server
 from nessa.proxy.engine import ENGINES
 from nessa.selection import available
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
+from nessa.services.storage.link import Link, format_rate
 from nessa.services.storage.proxies import ProxyLimits, ProxyStore
 from nessa.services.storage.rpc_metrics import RpcMetricsInterceptor
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
+from nessa.services.storage.workers import WorkerPool, shared_link_cells
 from nessa.v1 import storage_pb2
 
 __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
@@ -76,8 +78,13 @@ class StorageDaemon:
             proxy_batch_size=config.proxy_batch_size,
             sessions=SessionStore(config.state_path / "sessions", config.max_sessions),
         )
+        rate = config.link_bytes_per_second
+        cells = shared_link_cells() if rate is not None else None
+        self.link = Link(rate, cells=cells) if rate is not None else None
+        self.workers = WorkerPool(config, cells) if config.workers > 1 else None
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port = 0
+        self.internal_port = 0
         self.metrics_port: int | None = None
         self.ready = threading.Event()
         self._server: grpc.Server | None = None
@@ -117,10 +124,11 @@ class StorageDaemon:
             options=[
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Stream workers share the port; a lone daemon refuses a port in use instead.
+                ("grpc.so_reuseport", 1 if self.workers is not None else 0),
             ],
         )
-        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections), server)
+        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections, link=self.link), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -140,8 +148,22 @@ class StorageDaemon:
                 "--port/--host (0 picks a free port)"
             )
         self.port = port
+        if self.workers is not None:  # where the workers forward what they do not serve themselves
+            self.internal_port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self._server = server
+        LINK_RATE.set(self.link.rate if self.link is not None else 0)
+        STREAM_WORKERS.set(cfg.workers)
+        if self.link is not None:
+            log.info(
+                "emulating a storage link of %s each way (--link-rate %s)", format_rate(self.link.rate), cfg.link_rate
+            )
+        if self.workers is not None:
+            try:
+                self.workers.start(port, f"127.0.0.1:{self.internal_port}")
+            except Exception:
+                server.stop(0)
+                raise
         if cfg.metrics_port is not None:
             self._metrics = start_metrics_server(cfg.metrics_port, STORAGE_REGISTRY, host=cfg.host)
             self.metrics_port = int(self._metrics.server_port)
@@ -184,6 +206,8 @@ class StorageDaemon:
         drain = self.config.drain_seconds if drain is None else drain
         if drain > 0 and self._server is not None:
             time.sleep(drain)
+        if self.workers is not None:
+            self.workers.stop(self.config.grace_seconds if grace is None else grace)
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
         if self._metrics is not None:
