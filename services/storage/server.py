@@ -28,6 +28,7 @@ from nessa.proxy.engine import ENGINES
 from nessa.selection import available
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.distill_jobs import DistillService
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
 from nessa.services.storage.proxies import ProxyLimits, ProxyStore
@@ -76,6 +77,7 @@ class StorageDaemon:
             proxy_batch_size=config.proxy_batch_size,
             sessions=SessionStore(config.state_path / "sessions", config.max_sessions),
         )
+        self.distill = DistillService(self.catalog, config.state_path / "distill")
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port = 0
         self.metrics_port: int | None = None
@@ -120,7 +122,10 @@ class StorageDaemon:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections), server)
+        failed = self.distill.restore()
+        if failed:
+            log.info("distillation jobs interrupted by the last stop, now reported: %s", ", ".join(failed))
+        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections, self.distill), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -186,6 +191,7 @@ class StorageDaemon:
             time.sleep(drain)
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.distill.stop(timeout=self.config.grace_seconds if grace is None else grace)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
