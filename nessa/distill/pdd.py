@@ -66,7 +66,7 @@ class DistillOptions:
     expert_epochs: int = 2
     max_start_epoch: int = 0
     lr_img: float = 0.0
-    lr_lr: float = 1e-5
+    lr_lr: float = 1e-4
     batch_syn: int = 0
     transition_epochs: int = 300
     conditioning: bool = True
