@@ -129,3 +129,15 @@ def test_single_stage_methods_and_bad_input(mnist1d_small) -> None:
     with pytest.raises(InvalidArgumentError, match="must be a int"):
         parse_options({"iterations": "many"})
     assert parse_options({"conditioning": "false", "iterations": "7"}).iterations == 7
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dm_set_beats_a_random_real_subset_of_the_same_size(mnist1d_small, seed: int) -> None:
+    x, y, x_test, y_test = mnist1d_small
+    res = distill(x, y, method="dm", ipc=10, stages=1, seed=seed, options={"dm_iterations": 150})
+    st = res.stages[0]
+    dm = train_stages(SPEC, [(st.x, st.y, 0.05)], x_test, y_test, epochs=200, seed=seed)[-1]
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.nonzero(y == c)[0], 10, replace=False) for c in range(10)])
+    rand = train_stages(SPEC, [(x[idx], y[idx], 0.05)], x_test, y_test, epochs=200, seed=seed)[-1]
+    assert dm > rand + 0.02, (dm, rand)
