@@ -72,16 +72,27 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("NESSA_TOKEN") or None
     with connect(normalize_target(args.target), token, args.tls_ca, say=_say) as client:
-        job = client.distill(
-            args.dataset,
-            method=args.method,
-            ipc=args.ipc,
-            stages=args.stages,
-            seed=args.seed,
-            output=args.dest or "",
-            options=dict(args.option or []),
-            overwrite=args.overwrite,
-        )
+        if args.job:
+            job = client.cancel_distill(args.job) if args.cancel else client.distill_job(args.job)
+            if args.cancel:
+                _say(f"distill: asked job {job.id} to stop")
+            if args.no_wait or args.cancel:
+                print(
+                    f"{job.id}: {job.state}, {job.phase}, {100 * job.progress:.0f}%"
+                    + (f": {job.error}" if job.error else "")
+                )
+                return 0
+        else:
+            job = client.distill(
+                args.dataset,
+                method=args.method,
+                ipc=args.ipc,
+                stages=args.stages,
+                seed=args.seed,
+                output=args.dest or "",
+                options=dict(args.option or []),
+                overwrite=args.overwrite,
+            )
         if args.no_wait:
             print(job.id)
             return 0
@@ -109,13 +120,19 @@ def _run_remote(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.cancel and not args.job:
+        raise UsageError("--cancel needs --job ID (the id `nessa distill --target ... --no-wait` printed)")
     if args.target:
-        if not args.dataset or args.source:
-            raise UsageError("with --target, name the daemon's dataset with --dataset NAME (and no SOURCE path)")
+        if args.source or (not args.dataset and not args.job) or (args.dataset and args.job):
+            raise UsageError(
+                "with --target, give --dataset NAME to start a job or --job ID to follow one (and no SOURCE path)"
+            )
         args.dest = args.dest_flag
         return _run_remote(args)
-    if args.dataset:
-        raise UsageError("--dataset needs --target ADDR (a daemon); for a local dataset give SOURCE DEST paths")
+    if args.dataset or args.job or args.cancel:
+        raise UsageError(
+            "--dataset and --job need --target ADDR (a daemon); for a local dataset give SOURCE DEST paths"
+        )
     if not args.source or not args.dest:
         raise UsageError("give SOURCE DEST (dataset directories), or --target ADDR --dataset NAME for a daemon job")
     return _run_local(args)
@@ -145,7 +162,9 @@ def _add(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --target: the group's name on the daemon (default DATASET-METHOD)",
     )
-    p.add_argument("--no-wait", action="store_true", help="with --target: print the job id and return")
+    p.add_argument("--no-wait", action="store_true", help="with --target: print the job id (or state) and return")
+    p.add_argument("--job", default=None, metavar="ID", help="with --target: follow this job (instead of --dataset)")
+    p.add_argument("--cancel", action="store_true", help="with --job: ask the job to stop (nothing is published)")
     p.add_argument("--token", default=None, help="bearer token (default: $NESSA_TOKEN)")
     p.add_argument("--tls-ca", default=None, metavar="PEM", help="the CA of the daemon's certificate (TLS)")
 

@@ -127,3 +127,23 @@ def test_cli_local_and_remote(data_dir: Path) -> None:
         assert remote.stdout.startswith("m-dm1: 1 stage(s) by dm")
     bad = subprocess.run([*nessa_cmd(), "distill", "--dataset", "m"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--target" in bad.stderr
+
+
+def test_cli_follows_and_cancels_a_job(data_dir: Path) -> None:
+    def nessa(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*nessa_cmd(), "distill", *argv], capture_output=True, text=True, timeout=120)
+
+    with running(data_dir) as daemon:
+        opts = [f"--option={k}={v}" for k, v in LONG.items()]
+        started = nessa("--target", daemon.address, "--dataset", "m", "--method", "mtt", "--ipc", "1", "--no-wait",
+                        *opts)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        job_id = started.stdout.strip()
+        shown = nessa("--target", daemon.address, "--job", job_id, "--no-wait")
+        assert shown.returncode == 0 and shown.stdout.startswith(f"{job_id}: running"), shown
+        cancelled = nessa("--target", daemon.address, "--job", job_id, "--cancel")
+        assert cancelled.returncode == 0, cancelled.stderr
+        waited = nessa("--target", daemon.address, "--job", job_id)
+        assert waited.returncode == 2 and "was cancelled" in waited.stderr
+    assert nessa("--cancel").returncode == 2
+    assert _names(data_dir) == ["m", "m-test"]
