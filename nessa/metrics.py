@@ -176,13 +176,13 @@ DISTILL_JOBS = Counter(
     registry=STORAGE_REGISTRY,
 )
 DISTILL_REAL_BYTES_READ = Counter(
-    "nessa_distill_real_bytes_read_total",
+    "nessa_distill_read_real_bytes_total",
     "Sample bytes of real data Distill jobs read on the storage node (never sent to a trainer), by dataset.",
     ["dataset"],
     registry=STORAGE_REGISTRY,
 )
 DISTILL_SYNTHETIC_BYTES_WRITTEN = Counter(
-    "nessa_distill_synthetic_bytes_written_total",
+    "nessa_distill_written_synthetic_bytes_total",
     "Sample bytes of the synthetic datasets (group and stages) Distill jobs wrote, by source dataset.",
     ["dataset"],
     registry=STORAGE_REGISTRY,

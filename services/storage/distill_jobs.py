@@ -97,6 +97,8 @@ class DistillService:
         self._tokens: dict[str, CancelToken] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        for method in ("pdd", "mtt", "dm"):  # series exist from the start, so increase() sees the first job
+            DISTILL_DURATION.labels(method=method)
 
     # -- persistence -------------------------------------------------------------------------------------------
 

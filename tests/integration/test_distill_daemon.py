@@ -41,7 +41,7 @@ def _metric(name: str, **labels: str) -> float:
 
 
 def test_job_writes_stages_and_group(data_dir: Path) -> None:
-    before = _metric("nessa_distill_real_bytes_read_total", dataset="m")
+    before = _metric("nessa_distill_read_real_bytes_total", dataset="m")
     with running(data_dir) as daemon, StorageClient(daemon.address) as client:
         job = client.distill("m", method="pdd", ipc=2, stages=2, seed=1, options=TINY)
         assert job.state == "running" and job.output == "m-pdd"
@@ -59,7 +59,7 @@ def test_job_writes_stages_and_group(data_dir: Path) -> None:
             "m", "pdd", 2, 1,
         )  # fmt: skip
         assert s2.num_samples == 10
-    assert _metric("nessa_distill_real_bytes_read_total", dataset="m") - before == 480 * 40 * 4
+    assert _metric("nessa_distill_read_real_bytes_total", dataset="m") - before == 480 * 40 * 4
     assert _metric("nessa_distill_jobs_total", method="pdd", state="done") >= 1
     with open_dataset(data_dir / "m-pdd") as ds:
         np.testing.assert_array_equal(ds.column("stage"), [1] * 10 + [2] * 10)
