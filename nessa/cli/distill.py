@@ -25,6 +25,10 @@ def _run_local(args: argparse.Namespace) -> int:
     src = Path(args.source)
     if not (src / "manifest.json").is_file():
         raise NotFoundError(f"{src} is not a stored dataset (no manifest.json); ingest it first with `nessa ingest`")
+    dest = Path(args.dest).resolve()
+    outputs = [dest] + [dest.with_name(f"{dest.name}-s{i}") for i in range(1, args.stages + 1)]
+    if src.resolve() in outputs:
+        raise UsageError(f"DEST {args.dest} would replace the dataset being distilled; choose another DEST")
     x, y, manifest = load_arrays(src)
     last = [0.0]
 

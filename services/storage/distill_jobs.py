@@ -196,6 +196,10 @@ class DistillService:
             )
         output = check_name(params.output or f"{params.dataset}-{params.method}")
         targets = [output] + [f"{output}-s{i}" for i in range(1, stages + 1)]
+        if params.dataset in targets:
+            raise InvalidArgumentError(
+                f"output {output!r} would replace the dataset being distilled; choose another output name"
+            )
         if not params.overwrite and any(os.path.lexists(self.catalog.root / t) for t in targets):
             raise FailedPreconditionError(
                 f"{output} (or one of its stages) already exists on the daemon; send overwrite or choose another output"

@@ -77,6 +77,8 @@ def test_bad_requests_are_refused(data_dir: Path) -> None:
             client.distill("m", options={"bogus": 1})
         with pytest.raises(FailedPreconditionError, match="already exists"):
             client.distill("m", output="m-test")
+        with pytest.raises(InvalidArgumentError, match="would replace the dataset being distilled"):
+            client.distill("m", output="m", overwrite=True)
         with pytest.raises(NotFoundError):
             client.distill_job("dist-0123")
 
