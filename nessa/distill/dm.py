@@ -65,8 +65,8 @@ def distribution_match(
             raise InvalidArgumentError(f"class {c} has synthetic samples but no real ones to match")
     losses: list[float] = []
     for it in range(config.iterations):
-        net = init_params(spec, generator)
-        loss = torch.zeros(())
+        net = init_params(spec, generator, x_real.device)
+        loss = torch.zeros((), device=x_real.device)
         for c in classes:
             pool = by_class[c]
             pick = pool[torch.randperm(len(pool), generator=generator)[: config.batch_real]]

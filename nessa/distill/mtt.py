@@ -118,7 +118,7 @@ def match_trajectories(
             f"{config.expert_length} needs {config.expert_length + 1}"
         )
     syn_x = x_init.detach().clone().requires_grad_(True)
-    syn_lr = torch.tensor(float(config.lr_init), requires_grad=True)
+    syn_lr = torch.tensor(float(config.lr_init), device=x_init.device, requires_grad=True)
     opt_x = torch.optim.SGD([syn_x], lr=config.lr_img, momentum=0.5)
     opt_lr = torch.optim.SGD([syn_lr], lr=config.lr_lr, momentum=0.5)
     fx = frozen_x.detach() if frozen_x is not None else x_init[:0].detach()

@@ -66,8 +66,11 @@ class ConvNetSpec:
         return sum(math.prod(s) for s in self.shapes())
 
 
-def init_params(spec: ConvNetSpec, generator: torch.Generator) -> torch.Tensor:
-    """A fresh flat parameter vector: torch's default (Kaiming-uniform) conv/linear init, norm weight 1, bias 0."""
+def init_params(spec: ConvNetSpec, generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    """A fresh flat parameter vector: torch's default (Kaiming-uniform) conv/linear init, norm weight 1, bias 0.
+
+    Drawn on the CPU from ``generator`` (the same values on every device), then moved to ``device``.
+    """
     parts: list[torch.Tensor] = []
     cin = 1
     for _ in range(spec.depth):
@@ -80,7 +83,8 @@ def init_params(spec: ConvNetSpec, generator: torch.Generator) -> torch.Tensor:
     bound = 1.0 / math.sqrt(spec.feature_dim)
     parts.append((torch.rand(spec.num_classes * spec.feature_dim, generator=generator) * 2 - 1) * bound)
     parts.append((torch.rand(spec.num_classes, generator=generator) * 2 - 1) * bound)
-    return torch.cat(parts)
+    flat = torch.cat(parts)
+    return flat if device is None else flat.to(device)
 
 
 def _unflatten(spec: ConvNetSpec, flat: torch.Tensor) -> list[torch.Tensor]:

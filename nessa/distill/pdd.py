@@ -53,6 +53,7 @@ class DistillOptions:
         dm_iterations: DM iterations.
         width: ConvNet-1D channels.
         depth: ConvNet-1D blocks.
+        device: where to distil: ``cpu`` or ``cuda[:N]`` (a GPU on the storage node).
         torch_threads: torch intra-op threads while the run lasts (0: leave torch's setting). 1 by default: the
             network is tiny, and on cores shared with other work more threads only spin (7x slower measured here
             with 2 threads on a loaded 2-core machine).
@@ -74,6 +75,7 @@ class DistillOptions:
     width: int = 32
     depth: int = 3
     torch_threads: int = 1
+    device: str = "cpu"
 
 
 def parse_options(options: Mapping[str, Any] | None) -> DistillOptions:
@@ -102,6 +104,7 @@ def parse_options(options: Mapping[str, Any] | None) -> DistillOptions:
     for name in ("num_experts", "iterations", "syn_steps", "expert_epochs", "dm_iterations", "width", "depth"):
         if getattr(opts, name) < 1:
             raise InvalidArgumentError(f"distillation option {name} must be >= 1; got {getattr(opts, name)}")
+    _device(opts.device)
     if opts.torch_threads < 0:
         raise InvalidArgumentError(f"torch_threads must be >= 0; got {opts.torch_threads}")
     if opts.transition_epochs < 0 or opts.max_start_epoch < 0 or opts.batch_syn < 0 or opts.lr_syn_init < 0:
@@ -143,7 +146,7 @@ def _init_from_real(y: torch.Tensor, classes: list[int], per_class: int, x: torc
         pool = torch.nonzero(y == c).flatten()
         pick = pool[torch.randperm(len(pool), generator=gen)[:per_class]]
         xs.append(x[pick])
-        ys.append(torch.full((per_class,), c, dtype=torch.long))
+        ys.append(torch.full((per_class,), c, dtype=torch.long, device=x.device))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -224,7 +227,8 @@ def _distill(
 ) -> DistillResult:
     spec = ConvNetSpec(length=x.shape[1], num_classes=int(y.max()) + 1, width=opts.width, depth=opts.depth)
     gen = torch.Generator().manual_seed(int(seed))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    dev = _device(opts.device)
+    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     per_stage = ipc // stages
     report = progress or (lambda _d, _t, _w: None)
 
@@ -236,7 +240,7 @@ def _distill(
             spec, xt, yt, x0, y0, cfg, gen, tick=lambda it, _l: report(it + 1, total, "dm")
         )
         lr = opts.lr_syn_init or opts.lr_teacher  # DM learns no lr: train on it as on the MTT samples at the start
-        return DistillResult(method, ipc, [Stage(syn.numpy(), y0.numpy(), lr, losses)], opts, seed)
+        return DistillResult(method, ipc, [Stage(syn.cpu().numpy(), y0.cpu().numpy(), lr, losses)], opts, seed)
 
     mtt = MTTConfig(
         iterations=opts.iterations,
@@ -265,7 +269,7 @@ def _distill(
 
         return tick
 
-    starts = [init_params(spec, gen) for _ in range(opts.num_experts)]
+    starts = [init_params(spec, gen, dev) for _ in range(opts.num_experts)]
     trajectories = [
         train_expert(spec, xt, yt, start=s, epochs=expert_len, lr=opts.lr_teacher, generator=gen, tick=step("experts"))
         for s in starts
@@ -286,7 +290,7 @@ def _distill(
             frozen_y=fy if opts.conditioning else None,
             tick=_per_iteration(tick_it),
         )
-        out.append(Stage(res.x.numpy(), res.y.numpy(), res.lr, res.losses))
+        out.append(Stage(res.x.cpu().numpy(), res.y.cpu().numpy(), res.lr, res.losses))
         fx, fy = torch.cat([fx, res.x]), torch.cat([fy, res.y])
         if i == stages - 1:
             break
@@ -319,3 +323,16 @@ def _per_iteration(tick: Callable[[], None]) -> Callable[[int, float], None]:
         tick()
 
     return call
+
+
+def _device(name: str) -> torch.device:
+    """The torch device called ``name``, or :class:`InvalidArgumentError` if this machine has none such."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InvalidArgumentError(f"device {name!r} is not a torch device; use cpu or cuda[:N]") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InvalidArgumentError(f"device {name!r}: this machine has no such CUDA device; use device=cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"device {name!r}: distillation runs on cpu or cuda[:N]")
+    return dev

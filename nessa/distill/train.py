@@ -82,7 +82,7 @@ def train_on(
     tick: Tick = _noop,
 ) -> TrainState:
     """Train (from ``state``, else a fresh init) for ``epochs`` epochs; lr ×0.1 from epoch ``epochs // 2 + 1``."""
-    start = state.flat if state is not None else init_params(spec, generator)
+    start = state.flat if state is not None else init_params(spec, generator, x.device)
     flat = start.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([flat], lr=lr, momentum=momentum, weight_decay=weight_decay)
     if state is not None and state.momentum is not None:

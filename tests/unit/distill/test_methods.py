@@ -141,3 +141,14 @@ def test_dm_set_beats_a_random_real_subset_of_the_same_size(mnist1d_small, seed:
     idx = np.concatenate([rng.choice(np.nonzero(y == c)[0], 10, replace=False) for c in range(10)])
     rand = train_stages(SPEC, [(x[idx], y[idx], 0.05)], x_test, y_test, epochs=200, seed=seed)[-1]
     assert dm > rand + 0.02, (dm, rand)
+
+
+def test_device_option(mnist1d_small) -> None:
+    x, y, _, _ = mnist1d_small
+    res = distill(x, y, method="dm", ipc=1, stages=1, options={"device": "cpu", "dm_iterations": 3})
+    assert res.stages[0].x.shape == (10, 40)
+    with pytest.raises(InvalidArgumentError, match="not a torch device"):
+        parse_options({"device": "gpu0"})
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgumentError, match="no such CUDA device"):
+            parse_options({"device": "cuda"})
