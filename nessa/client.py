@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -54,6 +54,7 @@ __all__ = [
     "TLS",
     "Batch",
     "DatasetInfo",
+    "DistillJobInfo",
     "ProxyAck",
     "Selection",
     "StorageClient",
@@ -93,6 +94,7 @@ class DatasetInfo:
         total_bytes: stored sample bytes (one full epoch's payload).
         num_shards: LMDB shards.
         proxy_version: version of the proxy the daemon holds, or ``None``.
+        source: the manifest's provenance (for a distilled group: its stages and learned lrs).
     """
 
     name: str
@@ -106,6 +108,7 @@ class DatasetInfo:
     total_bytes: int
     num_shards: int
     proxy_version: int | None
+    source: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_pb(cls, msg: pb.DatasetInfo) -> DatasetInfo:
@@ -122,7 +125,58 @@ class DatasetInfo:
             total_bytes=int(msg.total_bytes),
             num_shards=int(msg.num_shards),
             proxy_version=int(msg.proxy_version) if msg.HasField("proxy_version") else None,
+            source=json.loads(msg.source_json) if msg.source_json else {},
         )
+
+
+@dataclass(frozen=True)
+class DistillJobInfo:
+    """A distillation job on a daemon (see ``DistillJob`` in storage.proto).
+
+    Attributes:
+        id: job id.
+        dataset: the source dataset.
+        method: ``pdd``, ``mtt`` or ``dm``.
+        state: ``running``, ``done``, ``failed`` or ``cancelled``.
+        progress: fraction done.
+        phase: what it is doing.
+        error: why it failed or was cancelled.
+        output: the group dataset's name.
+        stages: the stage datasets, in order (once done).
+        learned_lr: each stage's learned lr.
+        seconds: wall time so far.
+        real_bytes_read: real sample bytes read on the storage node.
+        synthetic_bytes_written: sample bytes of the datasets written.
+    """
+
+    id: str
+    dataset: str
+    method: str
+    state: str
+    progress: float
+    phase: str
+    error: str
+    output: str
+    stages: tuple[str, ...]
+    learned_lr: tuple[float, ...]
+    seconds: float
+    real_bytes_read: int
+    synthetic_bytes_written: int
+
+    @property
+    def stage_text(self) -> str:
+        """The phase, for progress lines."""
+        return self.phase or self.state
+
+    @classmethod
+    def from_pb(cls, msg: pb.DistillJob) -> DistillJobInfo:
+        """Build from the protobuf message."""
+        return cls(
+            id=msg.job_id, dataset=msg.dataset, method=msg.method, state=msg.state, progress=float(msg.progress),
+            phase=msg.phase, error=msg.error, output=msg.output, stages=tuple(msg.stage_datasets),
+            learned_lr=tuple(float(v) for v in msg.learned_lr), seconds=float(msg.seconds),
+            real_bytes_read=int(msg.real_bytes_read), synthetic_bytes_written=int(msg.synthetic_bytes_written),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -481,6 +535,72 @@ class StorageClient:
             )
         )
         return self._selection(reply)
+
+    def distill(
+        self,
+        dataset: str,
+        *,
+        method: str = "pdd",
+        ipc: int = 10,
+        stages: int = 0,
+        seed: int = 0,
+        output: str = "",
+        options: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> DistillJobInfo:
+        """Start a distillation job on the daemon (returns at once; see :meth:`wait_distill`).
+
+        Args:
+            dataset: the daemon's dataset to distil.
+            method: ``pdd``, ``mtt`` or ``dm``.
+            ipc: synthetic samples per class in total.
+            stages: PDD stages (0: 5 for pdd, 1 otherwise).
+            seed: the job's seed.
+            output: the group dataset's name (default ``DATASET-METHOD``).
+            options: distillation options (see ``docs/distillation.md``).
+            overwrite: replace an existing group of that name.
+        """
+        request = pb.DistillRequest(
+            dataset=dataset, method=method, ipc=int(ipc), stages=int(stages), seed=int(seed), output=output,
+            options={k: json.dumps(v) for k, v in (options or {}).items()}, overwrite=overwrite,
+        )  # fmt: skip
+        reply = self._retrying(lambda: self.stub.Distill(request, timeout=self.timeout, metadata=self._metadata))
+        return DistillJobInfo.from_pb(reply)
+
+    def distill_job(self, job_id: str) -> DistillJobInfo:
+        """A distillation job's state and progress."""
+        request = pb.DistillJobRequest(job_id=job_id)
+        reply = self._retrying(lambda: self.stub.GetDistillJob(request, timeout=self.timeout, metadata=self._metadata))
+        return DistillJobInfo.from_pb(reply)
+
+    def cancel_distill(self, job_id: str) -> DistillJobInfo:
+        """Ask a running distillation job to stop (it ends ``cancelled``; nothing is published)."""
+        request = pb.DistillJobRequest(job_id=job_id)
+        reply = self._retrying(
+            lambda: self.stub.CancelDistillJob(request, timeout=self.timeout, metadata=self._metadata)
+        )
+        return DistillJobInfo.from_pb(reply)
+
+    def wait_distill(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_progress: Callable[[DistillJobInfo], None] | None = None,
+    ) -> DistillJobInfo:
+        """Poll a distillation job until it is no longer running.
+
+        After ``timeout`` seconds the job is returned still running.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.distill_job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.state != "running" or (deadline is not None and time.monotonic() >= deadline):
+                return job
+            time.sleep(poll)
 
     def _selection(self, reply: pb.Selection) -> Selection:
         """The record of a reply, fetching indices and weights when the reply was too large to hold them."""

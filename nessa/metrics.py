@@ -51,6 +51,10 @@ __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
     "DATASET_SIZE",
+    "DISTILL_DURATION",
+    "DISTILL_JOBS",
+    "DISTILL_REAL_BYTES_READ",
+    "DISTILL_SYNTHETIC_BYTES_WRITTEN",
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
     "GRPC_STARTED",
@@ -156,6 +160,31 @@ SELECTION_DURATION = Histogram(
     "Wall time of a Select (reading, proxy forward and selector) by method.",
     ["method"],
     buckets=_SECONDS_BUCKETS,
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_DURATION = Histogram(
+    "nessa_distill_duration_seconds",
+    "Wall time of a finished Distill job (reading, expert training, matching, writing), by method.",
+    ["method"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_JOBS = Counter(
+    "nessa_distill_jobs_total",
+    "Distill jobs that ended, by method and final state (done, failed, cancelled).",
+    ["method", "state"],
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_REAL_BYTES_READ = Counter(
+    "nessa_distill_read_real_bytes_total",
+    "Sample bytes of real data Distill jobs read on the storage node (never sent to a trainer), by dataset.",
+    ["dataset"],
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_SYNTHETIC_BYTES_WRITTEN = Counter(
+    "nessa_distill_written_synthetic_bytes_total",
+    "Sample bytes of the synthetic datasets (group and stages) Distill jobs wrote, by source dataset.",
+    ["dataset"],
     registry=STORAGE_REGISTRY,
 )
 PROXY_FORWARD_DURATION = Histogram(

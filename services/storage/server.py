@@ -28,6 +28,7 @@ from nessa.proxy.engine import ENGINES
 from nessa.selection import available
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.distill_jobs import DistillService
 from nessa.services.storage.engines import EnginePool
 from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
 from nessa.services.storage.link import Link, format_rate
@@ -82,6 +83,7 @@ class StorageDaemon:
         cells = shared_link_cells() if rate is not None else None
         self.link = Link(rate, cells=cells) if rate is not None else None
         self.workers = WorkerPool(config, cells) if config.workers > 1 else None
+        self.distill = DistillService(self.catalog, config.state_path / "distill")
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port = 0
         self.internal_port = 0
@@ -128,7 +130,12 @@ class StorageDaemon:
                 ("grpc.so_reuseport", 1 if self.workers is not None else 0),
             ],
         )
-        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections, link=self.link), server)
+        failed = self.distill.restore()
+        if failed:
+            log.info("distillation jobs interrupted by the last stop, now reported: %s", ", ".join(failed))
+        add_to_server(
+            StorageServicer(cfg, self.catalog, self.proxies, self.selections, self.distill, link=self.link), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -210,6 +217,7 @@ class StorageDaemon:
             self.workers.stop(self.config.grace_seconds if grace is None else grace)
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.distill.stop(timeout=self.config.grace_seconds if grace is None else grace)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()

@@ -22,6 +22,7 @@ from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.distill_jobs import DistillJobRecord, DistillParams, DistillService
 from nessa.services.storage.link import Link
 from nessa.services.storage.proxies import ProxyChunkData, ProxyStore
 from nessa.services.storage.selections import SelectionParams, SelectionService
@@ -49,6 +50,7 @@ def dataset_info(entry: DatasetEntry, proxy_version: int | None) -> pb.DatasetIn
         dtype=entry.dtype,
         total_bytes=entry.total_bytes,
         num_shards=entry.num_shards,
+        source_json=json.dumps(dict(entry.reader.manifest.source), default=str),
     )
     if proxy_version is not None:
         info.proxy_version = proxy_version
@@ -106,6 +108,21 @@ def add_to_server(servicer: StorageServicer, server: grpc.Server) -> None:
             request_deserializer=pb.ListSessionsRequest.FromString,
             response_serializer=pb.ListSessionsResponse.SerializeToString,
         ),
+        "Distill": grpc.unary_unary_rpc_method_handler(
+            servicer.Distill,
+            request_deserializer=pb.DistillRequest.FromString,
+            response_serializer=pb.DistillJob.SerializeToString,
+        ),
+        "GetDistillJob": grpc.unary_unary_rpc_method_handler(
+            servicer.GetDistillJob,
+            request_deserializer=pb.DistillJobRequest.FromString,
+            response_serializer=pb.DistillJob.SerializeToString,
+        ),
+        "CancelDistillJob": grpc.unary_unary_rpc_method_handler(
+            servicer.CancelDistillJob,
+            request_deserializer=pb.DistillJobRequest.FromString,
+            response_serializer=pb.DistillJob.SerializeToString,
+        ),
     }
     expected = set(pb.DESCRIPTOR.services_by_name["Storage"].methods_by_name)
     if set(handlers) != expected:  # the proto gained or lost an RPC: this table must follow
@@ -156,6 +173,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         catalog: Catalog,
         proxies: ProxyStore,
         selections: SelectionService,
+        distill: DistillService | None = None,
         link: Link | None = None,
         worker: int = 0,
     ) -> None:
@@ -165,6 +183,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self.selections = selections
         self.link = link
         self.worker = worker
+        self.distill = distill or DistillService(catalog, config.state_path / "distill")
 
     def _proxy_version(self, dataset: str) -> int | None:
         record = self.proxies.get(dataset)
@@ -260,6 +279,28 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ]
         return pb.ListSessionsResponse(sessions=infos)
 
+    def Distill(self, request: pb.DistillRequest, context: grpc.ServicerContext) -> pb.DistillJob:
+        """Start a distillation job; returns at once."""
+        params = DistillParams(
+            dataset=request.dataset,
+            method=request.method or "pdd",
+            ipc=int(request.ipc) or 10,
+            stages=int(request.stages),
+            seed=int(request.seed),
+            options=_parse_options(request.options),
+            output=request.output,
+            overwrite=request.overwrite,
+        )
+        return _distill_job(self.distill.submit(params))
+
+    def GetDistillJob(self, request: pb.DistillJobRequest, context: grpc.ServicerContext) -> pb.DistillJob:
+        """A distillation job's state and progress."""
+        return _distill_job(self.distill.get(request.job_id))
+
+    def CancelDistillJob(self, request: pb.DistillJobRequest, context: grpc.ServicerContext) -> pb.DistillJob:
+        """Ask a running distillation job to stop."""
+        return _distill_job(self.distill.cancel(request.job_id))
+
     def _selection_reply(self, sel: Selection, cached: bool) -> pb.Selection:
         inline = len(sel) * _SELECTION_BYTES_PER_SAMPLE + 64 * 1024 <= self.config.max_message_bytes
         return sel.with_reply_facts(cached=cached).to_pb(inline=inline)
@@ -335,3 +376,24 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 yield data
         finally:
             ACTIVE_STREAMS.dec()
+
+
+def _distill_job(rec: DistillJobRecord) -> pb.DistillJob:
+    return pb.DistillJob(
+        job_id=rec.job_id,
+        dataset=rec.dataset,
+        method=rec.method,
+        ipc=rec.ipc,
+        stages=rec.stages,
+        seed=rec.seed,
+        state=rec.state,
+        progress=rec.progress,
+        phase=rec.phase,
+        error=rec.error,
+        output=rec.output,
+        stage_datasets=rec.stage_datasets,
+        learned_lr=rec.learned_lr,
+        seconds=rec.seconds,
+        real_bytes_read=rec.real_bytes_read,
+        synthetic_bytes_written=rec.synthetic_bytes_written,
+    )
