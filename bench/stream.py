@@ -7,7 +7,9 @@ Side by side in one run (each repeat runs every measurement once, in turn; media
 - bare gRPC: a minimal gRPC server (a subprocess) streaming pre-built 1 MiB ``bytes`` messages (no protobuf, no
   storage) to a raw-bytes client on the same loopback: the ceiling; the same number of bytes as the selection;
 - raw read(): ``DatasetReader.read`` of the same samples in this process, in the stream's message-sized batches;
-- 4 clients: four processes streaming the selection (different shuffle seeds) at once; aggregate MB/s.
+- 4 clients: four processes streaming the selection (different shuffle seeds) at once, started together; aggregate
+  MB/s, beside four bare clients at once, and the same against a daemon with ``--workers N`` (stream worker
+  processes sharing the port).
 
 Then the bytes one epoch moves at fractions 1 %, 10 %, 30 %: the pushed proxy (ResNet-20, int8), the Select reply
 (indices and weights) and the stream (payload and metadata), all as counted on the wire by the client, against a
@@ -15,7 +17,11 @@ full epoch's sample payload (the least a full-data epoch moves). Goal: at most (
 
 Files are in the page cache (just written): this measures CPU per byte, not the disk. MB = 10^6 bytes.
 
-Usage: ``python bench/stream.py [--samples N] [--repeats R] [--dir D]``
+Then a per-stage breakdown of the stream path (see :func:`profile_stages`) beside the bare transport: what each
+stage costs alone, and what no stage accounts for (call setup, per-message Python in gRPC and the servicer, the
+helper thread's hand-off).
+
+Usage: ``python bench/stream.py [--samples N] [--repeats R] [--clients C] [--workers W] [--dir D]``
 """
 
 from __future__ import annotations
@@ -88,15 +94,37 @@ def measure_stream(target: str, selection_id: str, seed: int) -> tuple[float, in
     return time.perf_counter() - t0, payload, n
 
 
-def measure_stream_at(target: str, selection_id: str, seed: int) -> tuple[float, float, int]:
-    """For the concurrent run: (start, end, payload bytes) on a shared clock."""
+def measure_stream_at(target: str, selection_id: str, seed: int, start_at: float) -> tuple[float, float, int]:
+    """For the concurrent run: (start, end, payload bytes) on a shared clock, starting at ``start_at``."""
     from nessa.client import StorageClient
 
     client = StorageClient(target)
     client.describe("cifar")  # connect before the clock starts
+    time.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
     payload = sum(b.payload_bytes for b in client.stream(selection_id, batch_size=4096, shuffle_seed=seed))
     return t0, time.time(), payload
+
+
+def measure_bare_at(target: str, nbytes: int, start_at: float) -> tuple[float, float, int]:
+    """The bare stream for the concurrent run: (start, end, bytes)."""
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 4 * MIB)]) as ch:
+        call = ch.unary_stream(_BARE_METHOD)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        time.sleep(max(0.0, start_at - time.time()))
+        t0 = time.time()
+        got = sum(len(m) for m in call(str(max(1, round(nbytes / MIB))).encode(), timeout=600))
+        return t0, time.time(), got
+
+
+def concurrent(pool: ProcessPoolExecutor, fn, args: list[tuple], repeats: int) -> float:  # type: ignore[no-untyped-def, type-arg]
+    """Median aggregate MB/s of ``fn(*a, start_at)`` for every ``a`` run at once, over ``repeats`` rounds."""
+    out = []
+    for _ in range(repeats):
+        start_at = time.time() + 0.5  # every process connected and waiting: they start together
+        spans = list(pool.map(fn, *zip(*args, strict=True), [start_at] * len(args)))
+        out.append(sum(p for _, _, p in spans) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans)) / 1e6)
+    return statistics.median(out)
 
 
 def measure_bare(target: str, nbytes: int) -> tuple[float, int]:
@@ -115,6 +143,97 @@ def measure_read(reader, indices: np.ndarray, per_message: int) -> tuple[float, 
     for lo in range(0, len(indices), per_message):
         total += sum(len(v) for v in reader.read(indices[lo : lo + per_message]))
     return time.perf_counter() - t0, total
+
+
+# --- per-stage profile (in this process, the same messages the stream sends) -------------------------------------
+
+
+def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Median seconds of ``fn()`` over ``repeats`` runs."""
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def profile_stages(reader, indices: np.ndarray, per_message: int, repeats: int):  # type: ignore[no-untyped-def]
+    """Seconds each stage of the stream path takes over the whole selection (medians of ``repeats``).
+
+    The daemon's stages are run by hand on the messages it would send (same indices, same sizes), the way
+    :meth:`DatasetReader.read_joined` runs them: locating each value in the LMDB map (slices of the map, after the
+    first read of a shard has located its values), the per-sample checksums (the first touch of the bytes), encoding
+    the message head (:func:`nessa.packed.encode_head`), and the one copy that joins head and values into the
+    message; then the client's :func:`nessa.packed.decode_sample_batch` and what it copies (the small arrays; the
+    samples are viewed). For comparison, the LMDB lookup the map replaces (``getmulti``, ``buffers=True``).
+    """
+    import nessa.store.checksum as checksum
+    from nessa.packed import decode_sample_batch, encode_head
+    from nessa.store.manifest import encode_keys
+
+    chunks = [indices[lo : lo + per_message] for lo in range(0, len(indices), per_message)]
+    shard_of = np.searchsorted(reader._starts, indices, side="right") - 1
+    groups = []  # per message: (environment, sorted keys) for each shard it touches, as DatasetReader.read does
+    for lo in range(0, len(indices), per_message):
+        c, s = indices[lo : lo + per_message], shard_of[lo : lo + per_message]
+        groups.append([(reader._env(int(sh)), encode_keys(np.unique(c[s == sh]))) for sh in np.unique(s)])
+    labels, sizes = reader.labels, reader.sizes
+
+    def lmdb_read() -> None:
+        for g in groups:
+            for env, k in g:
+                with env.begin(buffers=True) as txn:
+                    txn.cursor().getmulti(k)
+
+    reader.read_joined(indices[:1])  # locate the values of every shard in the map (as the daemon's first read does)
+    reader.read_joined(indices[-1:])
+    mapped = [reader._mapped_values(c) for c in chunks]
+
+    def located() -> None:
+        for c in chunks:
+            reader._mapped_values(c)
+
+    def checksums() -> None:
+        for v in mapped:
+            checksum.checksums(v, len(v))
+
+    def head(c: np.ndarray) -> bytes:
+        return encode_head(c, labels[c], np.ones(len(c), np.float32), sizes[c], cursor="0123456789abcdef.1000",
+                           position=1000, total=5000)  # fmt: skip
+
+    heads = [head(c) for c in chunks]
+
+    def encode() -> None:
+        for c in chunks:
+            head(c)
+
+    def joined() -> None:
+        for c, h in zip(chunks, heads, strict=True):
+            reader.read_joined(c, h)
+
+    messages = [reader.read_joined(c, h) for c, h in zip(chunks, heads, strict=True)]
+
+    def decode() -> None:
+        for data in messages:
+            decode_sample_batch(data)
+
+    parsed = [decode_sample_batch(d) for d in messages]
+
+    def copies() -> None:
+        for msg in parsed:
+            msg.indices.copy(), msg.labels.copy(), msg.weights.copy()
+            msg.samples.as_array(np.uint8, (3, 32, 32))
+
+    t_located, t_sum = _time(located, repeats), _time(checksums, repeats)
+    return [
+        ("daemon: locate the values (slices of the LMDB map)", max(0.0, t_located - t_sum)),
+        ("daemon: per-sample checksums (xxh3; first touch of the bytes)", t_sum),
+        ("daemon: message head (packed arrays, protobuf)", _time(encode, repeats)),
+        ("daemon: the one copy, values into the message", max(0.0, _time(joined, repeats) - t_located)),
+        ("client: decode_sample_batch (views)", _time(decode, repeats)),
+        ("client: arrays copied out, samples viewed", _time(copies, repeats)),
+    ], _time(lmdb_read, repeats)
 
 
 def epoch_bytes(target: str, proxy: bytes, fraction: float, epoch: int) -> dict[str, int]:
@@ -141,6 +260,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes (default 4)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="also measure a daemon with --workers N (default min(4, cores); 1 skips it)")  # fmt: skip
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -150,7 +272,7 @@ def main() -> None:
     import torch
 
     from nessa.client import StorageClient
-    from nessa.proxy import dumps, export
+    from nessa.proxy import Normalization, dumps, export
     from nessa.store import ingest_arrays, open_dataset, synthetic_arrays
     from nessa.trainer.models import resnet20
 
@@ -167,6 +289,13 @@ def main() -> None:
          "--state-dir", str(work / "state"), "--log-level", "warning"]
     )  # fmt: skip
     bare, bare_target = start([sys.executable, __file__, "--bare-server"])
+    workers_daemon, workers_target = None, None
+    if args.workers > 1:
+        workers_daemon, workers_target = start(
+            [str(nessa), "serve", "--data-dir", str(data_dir), "--port", "0", "--metrics-port", "-1",
+             "--state-dir", str(work / "state-workers"), "--log-level", "warning", "--no-warmup",
+             "--workers", str(args.workers)]
+        )  # fmt: skip
     try:
         client = StorageClient(target)
         info = client.describe("cifar")
@@ -182,17 +311,26 @@ def main() -> None:
             rows["bare"].append(got / secs / 1e6)
             secs, got = measure_read(reader, sel.indices, per_message)
             rows["read"].append(got / secs / 1e6)
-        conc: list[float] = []
-        with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
-            for r in range(max(2, args.repeats // 2)):
-                spans = list(
-                    pool.map(measure_stream_at, [target] * 4, [sel.id] * 4, [100 + 4 * r + i for i in range(4)])
-                )
-                start_t = min(s for s, _, _ in spans)
-                end_t = max(e for _, e, _ in spans)
-                conc.append(sum(p for _, _, p in spans) / (end_t - start_t) / 1e6)
+        clients = args.clients
+        with ProcessPoolExecutor(clients, mp_context=get_context("spawn")) as pool:
+            streams = [(target, sel.id, 100 + i) for i in range(clients)]
+            conc = concurrent(pool, measure_stream_at, streams, args.repeats)
+            payload = sel.selected_bytes
+            conc_bare = concurrent(pool, measure_bare_at, [(bare_target, payload)] * clients, args.repeats)
+            conc_workers = one_workers = None
+            if workers_target is not None:
+                wsel = StorageClient(workers_target).select("cifar", "random", 0.1, seed=1)
+                streams = [(workers_target, wsel.id, 100 + i) for i in range(clients)]
+                concurrent(pool, measure_stream_at, streams, 1)  # warm-up: each process locates the values once
+                conc_workers = concurrent(pool, measure_stream_at, streams, args.repeats)
+                ones = []  # one client, measured as the one-process daemon's (in this process)
+                for r in range(args.repeats):
+                    secs, got, _n = measure_stream(workers_target, wsel.id, seed=r)
+                    ones.append(got / secs / 1e6)
+                one_workers = statistics.median(ones)
 
         med = {k: statistics.median(v) for k, v in rows.items()}
+        stages, lookup = profile_stages(reader, sel.indices, per_message, args.repeats)
         print(
             f"# StreamSamples throughput: {info.num_samples} CIFAR-shaped samples ({info.total_bytes / 1e6:.0f} MB), "
             f"10 % selection ({len(sel)} samples, {sel.selected_bytes / 1e6:.1f} MB), medians of {args.repeats}"
@@ -207,15 +345,49 @@ def main() -> None:
         print(f"| bare gRPC, 1 MiB bytes messages (ceiling) | {med['bare']:.0f} | {bare_sps:.0f} | 1.00x |")
         print(f"| raw read() from the store, in-process | {med['read']:.0f} | {med['read'] * 1e6 / sample_bytes:.0f} | "
               f"{med['read'] / med['bare']:.2f}x |")  # fmt: skip
-        cm = statistics.median(conc)
-        print(f"| StreamSamples, 4 concurrent clients (aggregate) | {cm:.0f} | {cm * 1e6 / sample_bytes:.0f} | "
-              f"{cm / med['bare']:.2f}x |")  # fmt: skip
+
+        def row(name: str, mbs: float) -> None:
+            print(f"| {name} | {mbs:.0f} | {mbs * 1e6 / sample_bytes:.0f} | {mbs / med['bare']:.2f}x |")
+
+        row(f"bare gRPC, {clients} concurrent clients (aggregate)", conc_bare)
+        row(f"StreamSamples, {clients} concurrent clients (aggregate), one process", conc)
+        if conc_workers is not None and one_workers is not None:
+            row(f"StreamSamples, 1 client, --workers {args.workers}", one_workers)
+            row(f"StreamSamples, {clients} concurrent clients (aggregate), --workers {args.workers}", conc_workers)
         print()
         print(f"goal: StreamSamples >= 0.7x bare gRPC: {'met' if med['stream'] >= 0.7 * med['bare'] else 'NOT met'} "
-              f"({med['stream'] / med['bare']:.2f}x)")  # fmt: skip
+              f"({med['stream'] / med['bare']:.2f}x); {clients} clients >= 1 client: "
+              f"{'met' if max(conc, conc_workers or 0) >= med['stream'] else 'NOT met'} "
+              f"({max(conc, conc_workers or 0) / med['stream']:.2f}x of one; {os.cpu_count()} cores here)")  # fmt: skip
+
+        print()
+        payload_mb = sel.selected_bytes / 1e6
+        print(f"# Where the time goes: each stage over the same {payload_mb:.1f} MB selection, in this process "
+              f"(medians of {args.repeats}); the transport from the bare gRPC run")  # fmt: skip
+        print()
+        print("| stage | ms | us per MiB | MB/s alone | share |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        transport = payload_mb / med["bare"]
+        rows_s = [*stages, ("gRPC transport (bare stream of the same bytes)", transport)]
+        whole = sum(t for _, t in rows_s)
+        for name, secs in rows_s:
+            print(f"| {name} | {secs * 1e3:.1f} | {secs / payload_mb * 1e6 * MIB / 1e6:.0f} | "
+                  f"{payload_mb / max(secs, 1e-9):.0f} | {secs / whole:.0%} |")  # fmt: skip
+        print(f"| sum of stages (if nothing overlapped) | {whole * 1e3:.1f} | {whole / payload_mb * MIB:.0f} | "
+              f"{payload_mb / whole:.0f} | 100% |")  # fmt: skip
+        rest = payload_mb / med["stream"] - whole
+        print(f"| not in any stage (call setup, per-message Python in gRPC and the servicer, threads) | "
+              f"{rest * 1e3:.1f} | {rest / payload_mb * MIB:.0f} | | |")  # fmt: skip
+        print(f"| for comparison: LMDB lookup the map replaces (getmulti, buffers=True) | {lookup * 1e3:.1f} | "
+              f"{lookup / payload_mb * MIB:.0f} | {payload_mb / max(lookup, 1e-9):.0f} | |")  # fmt: skip
+        print(f"| measured StreamSamples, end to end | {payload_mb / med['stream'] * 1e3:.1f} | "
+              f"{MIB / med['stream']:.0f} | {med['stream']:.0f} | |")  # fmt: skip
 
         torch.manual_seed(0)
-        proxy = dumps(export(resnet20().eval(), torch.zeros(1, 3, 32, 32), quantize="int8", version=1))
+        norm = Normalization(dtype="uint8", scale=1 / 255)
+        proxy = dumps(
+            export(resnet20().eval(), torch.zeros(1, 3, 32, 32), quantize="int8", version=1, normalization=norm)
+        )
         full = info.total_bytes
         print()
         print(f"# Bytes moved per epoch (proxy ResNet-20 int8 = {len(proxy) / 1e6:.2f} MB pushed every epoch; "
@@ -234,6 +406,9 @@ def main() -> None:
         daemon.terminate()
         bare.kill()
         daemon.wait(timeout=60)
+        if workers_daemon is not None:
+            workers_daemon.terminate()
+            workers_daemon.wait(timeout=60)
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -8,11 +8,33 @@ Sub-packages:
     nessa.accel      OpenCL host runtime and kernels (PoCL on the CPU, xclbin on a SmartSSD), numpy references.
     nessa.proxy      the int8 model-proxy format, export from torch, and the engines that run it.
     nessa.selection  selectors (CRAIG, AdaCore, CREST, SAS, ClipCov, ...) over per-sample features.
+    nessa.Selector   per-epoch selection for your own model and training loop (:mod:`nessa.selector`).
     nessa.cli        the ``nessa`` command (the composition root: the only part that imports services/trainer).
 """
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# torch DataLoader workers fork the process, often after it used a gRPC channel (a Select before the loop); without
+# gRPC's fork handlers a forked child can hang opening its own channel (grpc/grpc#13873, #19158). gRPC reads this
+# when it is first imported, so it must be set before: importing nessa first does it (set it to "false" to opt out).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "true")
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nessa.selector import Selector, weighted_loss
+
+__all__ = ["Selector", "__version__", "weighted_loss"]
+
+
+def __getattr__(name: str) -> Any:
+    # The selection helper pulls in gRPC and the proxy exporter: import it only when asked for.
+    if name in ("Selector", "weighted_loss"):
+        from nessa import selector
+
+        return getattr(selector, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -46,6 +46,7 @@ from nessa.errors import (
     ResourceExhaustedError,
 )
 from nessa.order import Partition
+from nessa.packed import PackedSamples, decode_sample_batch
 from nessa.records import Selection
 from nessa.v1 import storage_pb2 as pb
 from nessa.v1 import storage_pb2_grpc
@@ -55,6 +56,7 @@ __all__ = [
     "TLS",
     "Batch",
     "DatasetInfo",
+    "DistillJobInfo",
     "ProxyAck",
     "Selection",
     "StorageClient",
@@ -106,6 +108,7 @@ class DatasetInfo:
         total_bytes: stored sample bytes (one full epoch's payload).
         num_shards: LMDB shards.
         proxy_version: version of the proxy the daemon holds, or ``None``.
+        source: the manifest's provenance (for a distilled group: its stages and learned lrs).
     """
 
     name: str
@@ -119,6 +122,7 @@ class DatasetInfo:
     total_bytes: int
     num_shards: int
     proxy_version: int | None
+    source: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_pb(cls, msg: pb.DatasetInfo) -> DatasetInfo:
@@ -135,7 +139,58 @@ class DatasetInfo:
             total_bytes=int(msg.total_bytes),
             num_shards=int(msg.num_shards),
             proxy_version=int(msg.proxy_version) if msg.HasField("proxy_version") else None,
+            source=json.loads(msg.source_json) if msg.source_json else {},
         )
+
+
+@dataclass(frozen=True)
+class DistillJobInfo:
+    """A distillation job on a daemon (see ``DistillJob`` in storage.proto).
+
+    Attributes:
+        id: job id.
+        dataset: the source dataset.
+        method: ``pdd``, ``mtt`` or ``dm``.
+        state: ``running``, ``done``, ``failed`` or ``cancelled``.
+        progress: fraction done.
+        phase: what it is doing.
+        error: why it failed or was cancelled.
+        output: the group dataset's name.
+        stages: the stage datasets, in order (once done).
+        learned_lr: each stage's learned lr.
+        seconds: wall time so far.
+        real_bytes_read: real sample bytes read on the storage node.
+        synthetic_bytes_written: sample bytes of the datasets written.
+    """
+
+    id: str
+    dataset: str
+    method: str
+    state: str
+    progress: float
+    phase: str
+    error: str
+    output: str
+    stages: tuple[str, ...]
+    learned_lr: tuple[float, ...]
+    seconds: float
+    real_bytes_read: int
+    synthetic_bytes_written: int
+
+    @property
+    def stage_text(self) -> str:
+        """The phase, for progress lines."""
+        return self.phase or self.state
+
+    @classmethod
+    def from_pb(cls, msg: pb.DistillJob) -> DistillJobInfo:
+        """Build from the protobuf message."""
+        return cls(
+            id=msg.job_id, dataset=msg.dataset, method=msg.method, state=msg.state, progress=float(msg.progress),
+            phase=msg.phase, error=msg.error, output=msg.output, stages=tuple(msg.stage_datasets),
+            learned_lr=tuple(float(v) for v in msg.learned_lr), seconds=float(msg.seconds),
+            real_bytes_read=int(msg.real_bytes_read), synthetic_bytes_written=int(msg.synthetic_bytes_written),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -165,7 +220,8 @@ class Batch:
         indices: int64 dataset indices.
         labels: int64 labels.
         weights: float32 weights.
-        samples: the samples' stored bytes.
+        samples: the samples' stored bytes, as views of the received message (:class:`~nessa.packed.PackedSamples`:
+            a sequence of ``memoryview``; ``samples.as_array(dtype, shape)`` views equal-sized samples as one array).
         cursor: pass it to :meth:`StorageClient.stream` to resume right after this batch.
         position: samples of the stream delivered through this batch.
         total: samples in the stream.
@@ -176,7 +232,7 @@ class Batch:
     indices: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
-    samples: list[bytes]
+    samples: PackedSamples
     cursor: str
     position: int
     total: int
@@ -185,10 +241,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def _sized_sample_batch(data: bytes) -> tuple[int, pb.SampleBatch]:
-    return len(data), pb.SampleBatch.FromString(data)
 
 
 def _domain_error(exc: grpc.RpcError) -> Exception:
@@ -512,6 +564,72 @@ class StorageClient:
         )
         return self._selection(reply)
 
+    def distill(
+        self,
+        dataset: str,
+        *,
+        method: str = "pdd",
+        ipc: int = 10,
+        stages: int = 0,
+        seed: int = 0,
+        output: str = "",
+        options: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> DistillJobInfo:
+        """Start a distillation job on the daemon (returns at once; see :meth:`wait_distill`).
+
+        Args:
+            dataset: the daemon's dataset to distil.
+            method: ``pdd``, ``mtt`` or ``dm``.
+            ipc: synthetic samples per class in total.
+            stages: PDD stages (0: 5 for pdd, 1 otherwise).
+            seed: the job's seed.
+            output: the group dataset's name (default ``DATASET-METHOD``).
+            options: distillation options (see ``docs/distillation.md``).
+            overwrite: replace an existing group of that name.
+        """
+        request = pb.DistillRequest(
+            dataset=dataset, method=method, ipc=int(ipc), stages=int(stages), seed=int(seed), output=output,
+            options={k: json.dumps(v) for k, v in (options or {}).items()}, overwrite=overwrite,
+        )  # fmt: skip
+        reply = self._retrying(lambda: self.stub.Distill(request, timeout=self.timeout, metadata=self._metadata))
+        return DistillJobInfo.from_pb(reply)
+
+    def distill_job(self, job_id: str) -> DistillJobInfo:
+        """A distillation job's state and progress."""
+        request = pb.DistillJobRequest(job_id=job_id)
+        reply = self._retrying(lambda: self.stub.GetDistillJob(request, timeout=self.timeout, metadata=self._metadata))
+        return DistillJobInfo.from_pb(reply)
+
+    def cancel_distill(self, job_id: str) -> DistillJobInfo:
+        """Ask a running distillation job to stop (it ends ``cancelled``; nothing is published)."""
+        request = pb.DistillJobRequest(job_id=job_id)
+        reply = self._retrying(
+            lambda: self.stub.CancelDistillJob(request, timeout=self.timeout, metadata=self._metadata)
+        )
+        return DistillJobInfo.from_pb(reply)
+
+    def wait_distill(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_progress: Callable[[DistillJobInfo], None] | None = None,
+    ) -> DistillJobInfo:
+        """Poll a distillation job until it is no longer running.
+
+        After ``timeout`` seconds the job is returned still running.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.distill_job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.state != "running" or (deadline is not None and time.monotonic() >= deadline):
+                return job
+            time.sleep(poll)
+
     def _selection(self, reply: pb.Selection) -> Selection:
         """The record of a reply, fetching indices and weights when the reply was too large to hold them."""
         meta_bytes = reply.ByteSize()
@@ -633,11 +751,11 @@ class StorageClient:
         return self._stream(request, cursor or "", self.stream_timeout if timeout is None else timeout)
 
     def _stream_samples(self) -> grpc.UnaryStreamMultiCallable:
-        """``StreamSamples`` yielding ``(wire size, SampleBatch)``: the size is counted without a costly ByteSize()."""
+        """``StreamSamples`` yielding :class:`~nessa.packed.DecodedBatch` (views of each received message)."""
         return self.channel.unary_stream(
             "/nessa.v1.Storage/StreamSamples",
             request_serializer=pb.StreamRequest.SerializeToString,
-            response_deserializer=_sized_sample_batch,
+            response_deserializer=decode_sample_batch,
         )
 
     def _stream(self, request: pb.StreamRequest, cursor: str, timeout: float) -> Iterator[Batch]:
@@ -646,37 +764,38 @@ class StorageClient:
         while True:
             request.cursor = cursor
             call = self._stream_samples()(request, timeout=timeout, metadata=self._metadata)
-            pieces: list[bytes] = []
+            pieces: list[memoryview] = []
             piece_meta = 0
             try:
-                for size, msg in call:
-                    samples = list(msg.samples)
-                    payload = sum(map(len, samples))
-                    meta = size - payload
+                for msg in call:
+                    samples = msg.samples
+                    payload = samples.nbytes
+                    meta = msg.wire_bytes - payload
                     self._count("samples", payload)
                     self._count("metadata", meta)
                     failed_at, delay = None, 0.05  # progress: a later failure gets a fresh retry budget
                     if msg.sample_size:  # one piece of a sample larger than a message
                         if msg.piece_offset != sum(len(p) for p in pieces):
                             raise DataCorruptionError(
-                                f"sample {list(msg.indices)} piece at offset {msg.piece_offset} arrived out of order; "
-                                "this is a daemon bug — report it"
+                                f"sample {msg.indices.tolist()} piece at offset {msg.piece_offset} arrived out of "
+                                "order; this is a daemon bug — report it"
                             )
                         pieces.append(samples[0])
                         piece_meta += meta
                         if msg.piece_offset + payload < msg.sample_size:
                             continue
-                        samples, payload, meta = [b"".join(pieces)], int(msg.sample_size), piece_meta
+                        whole = PackedSamples(b"".join(pieces), np.array([0, msg.sample_size], dtype=np.int64))
+                        samples, payload, meta = whole, int(msg.sample_size), piece_meta
                         pieces, piece_meta = [], 0
                     cursor = msg.cursor
                     yield Batch(
-                        indices=np.asarray(msg.indices, dtype=np.int64),
-                        labels=np.asarray(msg.labels, dtype=np.int64),
-                        weights=np.asarray(msg.weights, dtype=np.float32),
+                        indices=msg.indices.copy(),
+                        labels=msg.labels.copy(),
+                        weights=msg.weights.copy(),
                         samples=samples,
                         cursor=msg.cursor,
-                        position=int(msg.position),
-                        total=int(msg.total),
+                        position=msg.position,
+                        total=msg.total,
                         payload_bytes=payload,
                         metadata_bytes=meta,
                     )
@@ -696,4 +815,4 @@ class StorageClient:
 def iter_samples(batches: Iterable[Batch]) -> Iterator[tuple[int, int, float, bytes]]:
     """Flatten batches into ``(index, label, weight, data)`` tuples."""
     for b in batches:
-        yield from zip(b.indices.tolist(), b.labels.tolist(), b.weights.tolist(), b.samples, strict=True)
+        yield from zip(b.indices.tolist(), b.labels.tolist(), b.weights.tolist(), b.samples.tobytes_list(), strict=True)

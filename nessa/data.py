@@ -37,9 +37,45 @@ from nessa.order import Partition, epoch_seed, rank_positions
 from nessa.pipeline.source import SelectionSource
 from nessa.records import Selection
 
-__all__ = ["SelectionDataset", "SelectionLoader", "SelectionSampler", "rank_and_world"]
+__all__ = ["DecodeSample", "SelectionDataset", "SelectionLoader", "SelectionSampler", "rank_and_world"]
 
 Sample = dict[str, Any]
+
+
+class DecodeSample:
+    """A ``transform`` for :class:`SelectionDataset`: ``data`` bytes → a float32 tensor in the model's layout.
+
+    Raw arrays as stored (channel-last images channel-first), PNG/JPEG decoded and resized/cropped to
+    ``image_size`` (the daemon's decode before the proxy), uint8 scaled by 1/255, then ``mean``/``std``; ``label``
+    and ``weight`` become int64 and float32 tensors. See :class:`nessa.decode.InputDecoder`.
+
+    Args:
+        info: the dataset (``StorageClient(target).describe(name)``).
+        image_size: png/jpeg datasets: the square size after decoding.
+        image_mode: ``RGB`` or ``L``.
+        mean: normalization mean.
+        std: normalization std.
+    """
+
+    def __init__(
+        self,
+        info: Any,
+        image_size: int = 0,
+        image_mode: str = "RGB",
+        mean: tuple[float, ...] = (),
+        std: tuple[float, ...] = (),
+    ) -> None:
+        from nessa.decode import InputDecoder
+
+        self.decoder = InputDecoder(info, image_size, image_mode, mean, std)
+
+    def __call__(self, sample: Sample) -> Sample:
+        """The sample with ``data``, ``label`` and ``weight`` as tensors."""
+        out = dict(sample)
+        out["data"] = self.decoder.decode([sample["data"]])[0]
+        out["label"] = torch.tensor(int(sample["label"]), dtype=torch.int64)
+        out["weight"] = torch.tensor(float(sample["weight"]), dtype=torch.float32)
+        return out
 
 
 def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -199,7 +235,11 @@ class SelectionDataset(IterableDataset):
         try:
             for batch in source:
                 for index, label, weight, data in zip(
-                    batch.indices.tolist(), batch.labels.tolist(), batch.weights.tolist(), batch.samples, strict=True
+                    batch.indices.tolist(),
+                    batch.labels.tolist(),
+                    batch.weights.tolist(),
+                    batch.samples.tobytes_list(),
+                    strict=True,
                 ):
                     sample: Sample = {"index": index, "label": label, "weight": weight, "data": data}
                     self._consumed += 1

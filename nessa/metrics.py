@@ -19,7 +19,7 @@ Bytes are counted as serialized protobuf bytes (``msg.ByteSize()``; gRPC framing
 the daemon hands each message to gRPC: for every call a client reads to its end this equals what the client
 received; a stream the client cancels may also count messages already in flight that the client never read.
 
-* ``kind="samples"``: the sample payload, the sum of ``len(b)`` over every ``SampleBatch.samples`` entry sent;
+* ``kind="samples"``: the sample payload, the size of every ``SampleBatch.data`` blob sent;
 * ``kind="metadata"``: the rest of every dataset-scoped reply (``SampleBatch`` minus its payload, ``Selection``,
   ``DatasetInfo``, ``ProxyAck``);
 * ``kind="proxy"`` (received): the ``data`` bytes of every ``ProxyChunk`` received.
@@ -52,6 +52,10 @@ __all__ = [
     "BYTES_SENT",
     "CORRUPT_SAMPLES",
     "DATASET_SIZE",
+    "DISTILL_DURATION",
+    "DISTILL_JOBS",
+    "DISTILL_REAL_BYTES_READ",
+    "DISTILL_SYNTHETIC_BYTES_WRITTEN",
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
     "GRPC_STARTED",
@@ -160,6 +164,31 @@ SELECTION_DURATION = Histogram(
     buckets=_SECONDS_BUCKETS,
     registry=STORAGE_REGISTRY,
 )
+DISTILL_DURATION = Histogram(
+    "nessa_distill_duration_seconds",
+    "Wall time of a finished Distill job (reading, expert training, matching, writing), by method.",
+    ["method"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_JOBS = Counter(
+    "nessa_distill_jobs_total",
+    "Distill jobs that ended, by method and final state (done, failed, cancelled).",
+    ["method", "state"],
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_REAL_BYTES_READ = Counter(
+    "nessa_distill_read_real_bytes_total",
+    "Sample bytes of real data Distill jobs read on the storage node (never sent to a trainer), by dataset.",
+    ["dataset"],
+    registry=STORAGE_REGISTRY,
+)
+DISTILL_SYNTHETIC_BYTES_WRITTEN = Counter(
+    "nessa_distill_written_synthetic_bytes_total",
+    "Sample bytes of the synthetic datasets (group and stages) Distill jobs wrote, by source dataset.",
+    ["dataset"],
+    registry=STORAGE_REGISTRY,
+)
 PROXY_FORWARD_DURATION = Histogram(
     "nessa_proxy_forward_duration_seconds",
     "Wall time of the proxy forward pass over the candidates of one Select, by engine.",
@@ -193,6 +222,22 @@ PROXY_VERSION = Gauge(
     registry=STORAGE_REGISTRY,
 )
 ACTIVE_STREAMS = Gauge("nessa_active_streams", "StreamSamples calls in progress.", registry=STORAGE_REGISTRY)
+LINK_RATE = Gauge(
+    "nessa_link_rate_bytes_per_second",
+    "Rate of the emulated storage link (--link-rate), per direction; 0 when the daemon does not pace.",
+    registry=STORAGE_REGISTRY,
+)
+LINK_WAIT = Counter(
+    "nessa_link_wait_seconds_total",
+    "Seconds this process's calls waited for the emulated link (direction: send = streams, receive = proxies).",
+    ["direction"],
+    registry=STORAGE_REGISTRY,
+)
+STREAM_WORKERS = Gauge(
+    "nessa_stream_workers",
+    "Processes serving StreamSamples (--workers): this one and the stream workers that share its port.",
+    registry=STORAGE_REGISTRY,
+)
 ACTIVE_SELECTIONS = Gauge("nessa_active_selections", "Select calls in progress.", registry=STORAGE_REGISTRY)
 SELECTION_CACHE_BYTES = Gauge(
     "nessa_selection_cache_bytes",
@@ -291,6 +336,12 @@ class _TrainerFamilies:
             [*_RUN, "dataset"],
             registry=registry,
         )
+        self.energy = Counter(
+            "nessa_trainer_energy_joules_total",
+            "Energy of the run's processes (component: trainer, daemon; source: measured or estimated).",
+            [*_RUN, "component", "source"],
+            registry=registry,
+        )
         self.loss = Gauge(
             "nessa_trainer_loss",
             "Mean loss of the latest epoch, by split (train, test).",
@@ -369,6 +420,10 @@ class TrainerMetrics:
     def trained_samples(self, dataset: str) -> Counter:
         """``nessa_trainer_trained_samples_total`` of ``dataset``."""
         return self._f.trained_samples.labels(method=self.method, run=self.run, dataset=dataset)
+
+    def energy(self, component: str, source: str) -> Counter:
+        """``nessa_trainer_energy_joules_total`` of ``component`` (trainer, daemon), labelled measured or estimated."""
+        return self._f.energy.labels(method=self.method, run=self.run, component=component, source=source)
 
     def loss(self, split: str) -> Gauge:
         """``nessa_trainer_loss`` of ``split`` (train, test)."""

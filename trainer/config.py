@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
+from nessa.store.images import ImagePrep
 from nessa.trainer.models import MODELS
 from nessa.trainer.schedule import LRSchedule
 
@@ -52,7 +53,7 @@ def method_needs_proxy(method: str, options: dict[str, Any] | None = None) -> bo
         InvalidArgumentError: a method the selection library does not have, bad options, or a method that needs
             inputs a storage daemon cannot compute (before anything is exported or pushed).
     """
-    if method == "full":
+    if method in ("full", "infobatch"):  # infobatch: the trainer's plan scores samples by its own losses
         return False
     from nessa.proxy.inputs import plan_inputs
     from nessa.selection import available, required_inputs
@@ -84,7 +85,8 @@ class TrainConfig:
         target: the storage daemon's ``host:port``.
         dataset: training dataset name.
         test_dataset: test dataset name (evaluated after every epoch).
-        model: ``mlp``, ``cnn1d`` or ``resnet20``.
+        model: ``mlp``, ``cnn1d``, ``resnet20``, or a user's model factory by import path (``mymodels:small_vit``;
+            called with those of ``num_classes``, ``channels``, ``input_shape`` it takes).
         method: ``full`` or a selector of the library (``random``, ``balanced``, ``craig``, ``crest`` ...).
         fraction: budget per epoch as a fraction of the training set (ignored by ``full``).
         epochs: epochs to train.
@@ -100,6 +102,11 @@ class TrainConfig:
             ``crest``, which has its own trigger.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         pipeline: request epoch ``e + 1``'s selection while epoch ``e`` trains.
+        warm_start: with ``pipeline``, epochs that would wait for the run's first proxy selection (the initial
+            model's, being made on the daemon) train on a seeded random subset of the same budget instead, as
+            CREST's random warm-up does; the selection is trained on from the first epoch it is ready. Off: the
+            first epoch waits for it, as CRAIG's code does. With ``crest``, its random warm-up (``crest_warmup``)
+            goes on until the first selection arrives.
         checkpoint_dir: where to checkpoint (and resume from); ``None``: no checkpoints.
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: epoch ends only).
         metrics_port: serve Prometheus ``/metrics`` on this port (``None``: do not serve).
@@ -117,6 +124,10 @@ class TrainConfig:
         crest_check_size: samples in CREST's check set V_r, drawn at random from the training set once per run.
         crest_warmup: before CREST's first selection, train this fraction of an epoch's steps on random mini-batches
             of the whole set (CREST's code trains one such fractional epoch: 1.0); 0 selects at step 0.
+        infobatch_delta: InfoBatch's δ: epochs after ``δ · epochs`` train on every sample (annealing; the code's
+            0.875). With ``infobatch`` the ``fraction`` is the keep ratio of well-learned samples (``1 − r``).
+        epochs_budget: with ``full``, train for the steps a fraction-``epochs_budget`` run takes in ``epochs`` epochs
+            (``ceil(epochs · epochs_budget)`` epochs, the schedule over them): the "just train less" baseline. 0: off.
         eval_batch_size: batch size of evaluation.
         prefetch_batches: decoded batches kept ready by the prefetch thread.
         stream_batch_size: samples per streamed message (0: ``batch_size``).
@@ -135,6 +146,9 @@ class TrainConfig:
             ``epochs`` is then the most it may train).
         plan: the training plan (:mod:`nessa.trainer.plans`); "" picks the method's own (``full``, ``crest``) or
             ``epoch``.
+        image_size: for png/jpeg datasets: resize the shorter side to this and center-crop it square (the daemon
+            decodes the same way before the proxy); 0 for array datasets.
+        image_mode: for png/jpeg datasets: ``RGB`` or ``L`` (grayscale).
     """
 
     target: str
@@ -153,6 +167,7 @@ class TrainConfig:
     reselect_every: int = 1
     device: str = "auto"
     pipeline: bool = True
+    warm_start: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int = 0
     metrics_port: int | None = None
@@ -167,6 +182,8 @@ class TrainConfig:
     crest_batch_num_mul: int = 5
     crest_check_size: int = 512
     crest_warmup: float = 1.0
+    infobatch_delta: float = 0.875
+    epochs_budget: float = 0.0
     eval_batch_size: int = 1024
     prefetch_batches: int = 4
     stream_batch_size: int = 0
@@ -179,12 +196,35 @@ class TrainConfig:
     weighted: bool = True
     partition_refresh: int = 1
     session: str = ""
+    image_size: int = 0
+    image_mode: str = "RGB"
+
+    def image_prep(self) -> ImagePrep | None:
+        """The decode of png/jpeg samples (``None`` without ``image_size``)."""
+        if not self.image_size:
+            return None
+        n = int(self.image_size)
+        return ImagePrep(mode=self.image_mode, resize=n, height=n, width=n)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise InvalidArgumentError(f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}")
+        if self.model not in MODELS and ":" not in self.model:
+            raise InvalidArgumentError(
+                f"unknown model {self.model!r}; choose one of: {', '.join(sorted(MODELS))}, or a module:factory "
+                "import path"
+            )
+        if self.image_size < 0 or self.image_mode not in ("RGB", "L"):
+            raise InvalidArgumentError(
+                f"image_size must be >= 0 and image_mode RGB or L; got {self.image_size}, {self.image_mode!r}"
+            )
         if not self.dataset or not self.test_dataset:
             raise InvalidArgumentError("give both --dataset and --test-dataset (names the daemon serves)")
+        if not (math.isfinite(self.epochs_budget) and 0 <= self.epochs_budget <= 1):
+            raise InvalidArgumentError(f"epochs_budget must be in [0, 1]; got {self.epochs_budget!r}")
+        if self.epochs_budget and self.method != "full":
+            raise InvalidArgumentError("epochs_budget is for method full (the fewer-epochs baseline)")
+        if self.epochs_budget and self.epochs >= 1:
+            self.epochs = max(1, math.ceil(self.epochs * self.epochs_budget))
+            self.epochs_budget = 0.0  # applied (a copy of this config does not shrink the epochs again)
         if self.method == "full":
             self.fraction = 1.0
         elif not (isinstance(self.fraction, float | int) and 0 < self.fraction <= 1):
@@ -214,6 +254,8 @@ class TrainConfig:
             raise InvalidArgumentError("crest_tau and crest_interval_mul must be > 0")
         if self.stop_at_accuracy is not None and not 0 < self.stop_at_accuracy <= 1:
             raise InvalidArgumentError(f"stop_at_accuracy must be in (0, 1]; got {self.stop_at_accuracy!r}")
+        if not (math.isfinite(self.infobatch_delta) and 0 <= self.infobatch_delta <= 1):
+            raise InvalidArgumentError(f"infobatch_delta must be in [0, 1]; got {self.infobatch_delta!r}")
         if not (math.isfinite(self.crest_warmup) and self.crest_warmup >= 0):
             raise InvalidArgumentError(f"crest_warmup must be a fraction of an epoch >= 0; got {self.crest_warmup!r}")
         if self.method == "crest" and self.options.get("minibatch_size", self.batch_size) != self.batch_size:

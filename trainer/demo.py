@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nessa.energy import EnergyMeter
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.placement import format_cpus, split_cpus
 from nessa.trainer.config import TrainConfig
@@ -44,10 +45,28 @@ from nessa.trainer.protocol import (
 )
 from nessa.trainer.report import RunResult, write_report
 
-__all__ = ["DEFAULT_METHODS", "QUICK", "DemoConfig", "print_report", "run_demo", "start_daemon"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_METHOD_OPTIONS",
+    "QUICK",
+    "DemoConfig",
+    "print_report",
+    "run_demo",
+    "start_daemon",
+]
 
-#: Methods the demo compares by default.
-DEFAULT_METHODS = ("full", "random", "craig", "crest")
+#: Full data for the steps a ``fraction`` run takes (the schedule compressed): "just train less".
+FULL_SHORT = "full-short"
+#: Methods the demo compares by default: full data, the baselines a user would pick instead, NeSSA's selectors.
+DEFAULT_METHODS = ("full", FULL_SHORT, "random", "rs2", "infobatch", "craig", "crest")
+#: InfoBatch's keep ratio of well-learned samples in the demo (the code's default prune ratio r = 0.5).
+INFOBATCH_KEEP = 0.5
+#: Methods whose runs keep the full run's epochs and schedule in a time-to-accuracy run (their epochs shrink by
+#: themselves, or their budget is the schedule); every other method gets ``epochs / fraction`` epochs.
+_FULL_SCHEDULE = ("full", "infobatch")
+#: CRAIG with stochastic greedy (ε = 0.1): 0.9988 of lazy greedy's objective on the demo's gradients at 0.6 of
+#: its selection time (measured: lazy 323.8, stochastic 323.4; 1.45 s -> 0.85 s), CRAIG's code's ``--st_grd``.
+DEFAULT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {"craig": {"optimizer": "stochastic", "epsilon": 0.1}}
 DATASET = "mnist1d"
 TEST_DATASET = "mnist1d-test"
 _LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -74,9 +93,10 @@ class DemoConfig:
         pipeline: pipeline selections behind training.
         reselect_every: selection methods other than CREST select every this many epochs (1: every epoch; 0: as
             often as the selection can be hidden behind training, CRAIG's ``--lag`` from measurements).
+        warm_start: train random subsets while a run's first proxy selection is made (see ``TrainConfig``).
         data_dir: use (and keep) this data directory instead of a temporary one; datasets already there are reused.
         progress: show progress bars.
-        method_options: per-method selector options.
+        method_options: per-method selector options (default :data:`DEFAULT_METHOD_OPTIONS`).
         torch_threads: torch intra-op threads of the trainer (0: torch's default). Default 1: the daemon runs on
             the same cores, and OpenMP oversubscription slows the small CNN by an order of magnitude. With
             ``place`` the trainer's threads match its CPUs instead.
@@ -98,9 +118,10 @@ class DemoConfig:
     engine: str = "opencl"
     pipeline: bool = True
     reselect_every: int = 0
+    warm_start: bool = True
     data_dir: Path | None = None
     progress: bool = True
-    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_METHOD_OPTIONS))
     torch_threads: int = 1
     place: bool = True
 
@@ -110,17 +131,20 @@ class DemoConfig:
         """The ``nessa train`` settings of ``method``'s run (against the daemon at ``target``, pinned to ``cpus``).
 
         With ``stop_at`` it is the time-to-accuracy run: ``epochs / fraction`` epochs (as many samples as the full
-        run, with the same warm-up and schedule in samples seen) that stops once ``stop_at`` is reached.
+        run, with the same warm-up and schedule in samples seen) that stops once ``stop_at`` is reached; ``infobatch``
+        keeps the full run's epochs (its epochs shrink by themselves) and ``full-short`` its own shorter schedule.
         """
-        share = 1.0 if method == "full" else self.fraction
+        selector = self.selector_of(method)
+        share = 1.0 if selector in _FULL_SCHEDULE else self.fraction
         tta = stop_at is not None and method != "full"
         return TrainConfig(
             target=target,
             dataset=DATASET,
             test_dataset=TEST_DATASET,
             model="cnn1d",
-            method=method,
-            fraction=self.fraction,
+            method=selector,
+            fraction=INFOBATCH_KEEP if selector == "infobatch" else self.fraction,
+            epochs_budget=self.fraction if method == FULL_SHORT else 0.0,
             epochs=math.ceil(self.epochs / share) if tta else self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -129,13 +153,30 @@ class DemoConfig:
             stop_at_accuracy=stop_at if tta else None,
             device=self.device,
             pipeline=self.pipeline,
+            warm_start=self.warm_start,
             reselect_every=self.reselect_every,
             options=dict(self.method_options.get(method, {})),
             progress=self.progress,
             torch_threads=0 if cpus else self.torch_threads,
             cpus=cpus,
-            progress_desc=method if method == "full" else f"{method} {self.fraction * 100:g}%",
+            progress_desc=self.label(method),
         )
+
+    def label(self, method: str) -> str:
+        """How tables name ``method``'s runs (with its budget)."""
+        if method == "full":
+            return method
+        if method == FULL_SHORT:
+            short = math.ceil(self.epochs * self.fraction)
+            return f"{method} ({short} epoch{'s' if short != 1 else ''})"
+        if method == "infobatch":
+            return f"infobatch r={1 - INFOBATCH_KEEP:g}"
+        return f"{method} {self.fraction * 100:g}%"
+
+    @staticmethod
+    def selector_of(method: str) -> str:
+        """The library method a demo method runs (``full-short`` is ``full`` with fewer epochs)."""
+        return "full" if method == FULL_SHORT else method
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -147,6 +188,8 @@ class DemoConfig:
             raise InvalidArgumentError(f"--methods repeats a method: {','.join(self.methods)}")
         if "full" not in self.methods:
             raise InvalidArgumentError("--methods needs full: the targets are full data's accuracy minus 1 and 0.5 pt")
+        if not (isinstance(self.fraction, float | int) and 0 < self.fraction <= 1):
+            raise InvalidArgumentError(f"--fraction must be in (0, 1]; got {self.fraction!r}")
         if self.seeds < 1:
             raise InvalidArgumentError(f"--seeds must be >= 1; got {self.seeds}")
 
@@ -157,9 +200,16 @@ QUICK = {"num_samples": 10_000, "epochs": 4, "seeds": 2}
 
 @contextmanager
 def start_daemon(
-    data_dir: Path, engine: str = "opencl", timeout: float = 180.0, log_path: Path | None = None, cpus: str = ""
+    data_dir: Path,
+    engine: str = "opencl",
+    timeout: float = 180.0,
+    log_path: Path | None = None,
+    cpus: str = "",
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
     """Run ``nessa serve`` over ``data_dir`` on a free loopback port; yields ``host:port`` once it is SERVING.
+
+    ``pids`` (when given) gets the daemon's process id (to meter its energy).
 
     The daemon is stopped with SIGTERM (then killed after a grace period) when the context exits.
     """
@@ -190,6 +240,8 @@ def start_daemon(
         cmd += ["--cpus", cpus]
     log_file = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file)
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         address = _read_address(proc, timeout)
         deadline = time.monotonic() + timeout
@@ -297,21 +349,28 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
     quiet = echo if not cfg.progress else (lambda _s: None)
     try:
         _prepare_data(cfg, data_dir, echo)
-        with start_daemon(data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus) as address:
+        pids: list[int] = []
+        with start_daemon(
+            data_dir, engine=cfg.engine, log_path=cfg.out / "daemon.log", cpus=daemon_cpus, pids=pids
+        ) as address:
+            metered = {"daemon": EnergyMeter(pids[0])}
             echo(f"storage daemon serving {data_dir} on {address} (proxy engine: {cfg.engine}); seeds {seeds}")
-            full_runs.extend(train(cfg.train_config("full", address, trainer_cpus, seed=s), echo=quiet) for s in seeds)
+            full_runs.extend(
+                train(cfg.train_config("full", address, trainer_cpus, seed=s), echo=quiet, energy=metered)
+                for s in seeds
+            )
             targets = targets_from([r.final_accuracy for r in full_runs])
             hardest = max(targets.values())
             echo("targets: " + ", ".join(f"{n} = {a * 100:.2f}%" for n, a in targets.items()))
             for method in others:
                 for seed in seeds:
                     run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed, stop_at=hardest)
-                    tta[method].append((seed, train(run_cfg, echo=quiet)))
+                    tta[method].append((seed, train(run_cfg, echo=quiet, energy=metered)))
             if cfg.equal_epochs:
                 for method in others:
                     for seed in seeds:
                         run_cfg = cfg.train_config(method, address, trainer_cpus, seed=seed)
-                        equal[method].append((seed, train(run_cfg, echo=quiet)))
+                        equal[method].append((seed, train(run_cfg, echo=quiet, energy=metered)))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -336,7 +395,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] | None = None) -> dict[
 
     def entry(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         fraction = 1.0 if method == "full" else cfg.fraction
-        return {"method": method, "fraction": fraction, "runs": runs, "summary": summarize(runs, targets)}
+        return {"method": method, "fraction": fraction, "label": cfg.label(method), "runs": runs,
+                "summary": summarize(runs, targets)}  # fmt: skip
 
     methods = [entry("full", full_facts)] + [entry(m, [run_facts(r, targets, s) for s, r in tta[m]]) for m in others]
     report: dict[str, Any] = {

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.selection.crest import QuadraticLossModel, crest_adapt
@@ -159,7 +160,8 @@ class DriftMonitor:
         if len(coreset_x) == 0 or len(check_x) == 0:
             raise InvalidArgumentError("CREST needs a non-empty coreset and check set to build its loss model")
         params = _params(self.model)
-        with _EvalMode(self.model):
+        # Hessian-vector products need double backward, which only SDPA's math kernel has (a user's attention).
+        with _EvalMode(self.model), sdpa_kernel(SDPBackend.MATH):
             loss = self._weighted_loss(coreset_x, coreset_y, coreset_w)
             grads = torch.autograd.grad(loss, params, create_graph=True)
             h_sq = [torch.zeros_like(p) for p in params]

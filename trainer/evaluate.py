@@ -9,6 +9,7 @@ from torch import nn
 
 from nessa.client import DatasetInfo, StorageClient
 from nessa.pipeline import Decode, Rebatch, SelectionSource
+from nessa.store.images import ImagePrep
 from nessa.trainer.batches import SampleDecoder
 
 __all__ = ["TestSet", "evaluate"]
@@ -27,9 +28,11 @@ class TestSet:
         return len(self.y)
 
     @classmethod
-    def load(cls, client: StorageClient, info: DatasetInfo, model: str, device: torch.device) -> TestSet:
+    def load(
+        cls, client: StorageClient, info: DatasetInfo, model: str, device: torch.device, image: ImagePrep | None = None
+    ) -> TestSet:
         """Stream ``info``'s dataset once through the data path (source → rebatch → decode)."""
-        decoder = SampleDecoder(info, model)
+        decoder = SampleDecoder(info, model, image)
         source = SelectionSource(
             client, np.arange(info.num_samples, dtype=np.int64), dataset=info.name, message_size=1024
         )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nessa.client import StorageClient
+from nessa.energy import EnergyMeter
 from nessa.errors import FailedPreconditionError, InvalidArgumentError
 from nessa.order import Partition, epoch_seed
 from nessa.pipeline import Decode, Prefetch, Rebatch, SelectionSource
@@ -39,7 +40,7 @@ from nessa.trainer.resume import Checkpoint
 from nessa.trainer.schedule import LRSchedule
 from nessa.trainer.selecting import ProxyExporter
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "fit", "train"]
 
 log = logging.getLogger("nessa.trainer")
 
@@ -51,12 +52,23 @@ class Trainer:
         config: the run.
         client: a client to use (default: one built from ``config.target``, ``token`` and ``tls``).
         echo: where per-epoch lines go (default: the ``nessa.trainer`` logger at INFO).
+        energy: other processes to meter for the run beside this one (``{"daemon": EnergyMeter(pid)}``); each
+            epoch record has ``energy_joules_total`` per component and the result's options ``energy``.
     """
 
     def __init__(
-        self, config: TrainConfig, client: StorageClient | None = None, echo: Callable[[str], None] | None = None
+        self,
+        config: TrainConfig,
+        client: StorageClient | None = None,
+        echo: Callable[[str], None] | None = None,
+        energy: dict[str, EnergyMeter] | None = None,
+        *,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.config = config
+        self._user_model, self._user_optimizer, self.loss_fn = model, optimizer, loss_fn
         self.client = client or StorageClient(config.target, token=config.token, tls=config.tls)
         self._echo = echo or log.info
         self.needs_proxy = method_needs_proxy(config.method, config.options)
@@ -72,6 +84,10 @@ class Trainer:
         self._metrics_server: Any = None
         self._labels: np.ndarray | None = None
         self.stop_requested = False  # set when the run reached stop_at_accuracy
+        gpu = (self.device.index or 0) if self.device.type == "cuda" else None
+        # this process's energy, and others' the caller measures for the run (e.g. the daemon's, by pid)
+        self.energy: dict[str, EnergyMeter] = {"trainer": EnergyMeter(gpu_index=gpu), **(energy or {})}
+        self._energy_marks: dict[str, float] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -90,14 +106,17 @@ class Trainer:
             )
         if self.info.num_samples < 1 or self.test_info.num_samples < 1:
             raise FailedPreconditionError("the training and test datasets must hold samples; ingest them first")
-        self.decoder = SampleDecoder(self.info, cfg.model)
+        self.decoder = SampleDecoder(self.info, cfg.model, cfg.image_prep())
         self.placement = place(cfg.cpus)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 - seeds the legacy global generator third-party code uses
-        self.model: nn.Module = build_model(cfg.model, **self.decoder.model_kwargs()).to(self.device)
-        self.optimizer = torch.optim.SGD(
+        built = (
+            self._user_model if self._user_model is not None else build_model(cfg.model, **self.decoder.model_kwargs())
+        )
+        self.model: nn.Module = built.to(self.device)
+        self.optimizer = self._user_optimizer or torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.schedule = LRSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs)
@@ -199,8 +218,11 @@ class Trainer:
         path.load_state_dict({"position": position})
         return path
 
-    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> None:
-        """One weighted SGD step (loss ``mean(w_i · CE_i)``) at the schedule's learning rate."""
+    def train_step(self, batch: TrainBatch, state: EpochState, steps_in_epoch: int) -> torch.Tensor:
+        """One weighted SGD step (loss ``mean(w_i · CE_i)``) at the schedule's learning rate.
+
+        Returns the batch's unweighted per-sample losses (detached; what InfoBatch scores samples by).
+        """
         lr = self.schedule.lr_for_step(state.epoch, min(state.step, steps_in_epoch - 1), steps_in_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -214,7 +236,7 @@ class Trainer:
         self.model.train()
         logits = self.model(x)
         per_sample = F.cross_entropy(logits, y, reduction="none")
-        loss = (per_sample * w).mean()
+        loss = (per_sample * w).mean() if self.loss_fn is None else self.loss_fn(logits, y, w)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -227,6 +249,7 @@ class Trainer:
             payload=batch.payload_bytes,
         )
         self.console.step()
+        return per_sample.detach()
 
     def maybe_checkpoint_mid(self, state: EpochState, sel: Selection, plan_state: dict[str, Any], t0: float) -> float:
         """Checkpoint inside the epoch every ``checkpoint_every_steps``; returns the new timing segment's start."""
@@ -256,6 +279,7 @@ class Trainer:
         used = SelectionUsed(sel.id, sel.proxy_version, sel.timings.total_seconds)
         lr = float(self.optimizer.param_groups[0]["lr"])
         record = self.meter.end_epoch(state, used, test_loss, test_acc, lr, extra)
+        record["energy_joules_total"] = self._energy_now()
         self.say(Meter.epoch_line(cfg.method, cfg.epochs, record))
         if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
             self.stop_requested = True
@@ -332,10 +356,14 @@ class Trainer:
             )
         start = time.perf_counter()
         self.meter.take_bytes()  # the describe calls before are setup (counted there), not evaluation
-        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device)
+        self.test_set = TestSet.load(self.client, self.test_info, cfg.model, self.device, cfg.image_prep())
         self.meter.publish_bytes(cfg.test_dataset)
         self.meter.totals["eval_bytes"] += self.meter.take_bytes()[0]
         self.meter.totals["eval_seconds"] += time.perf_counter() - start
+        for name, meter in self.energy.items():
+            meter.reset()
+            source = "measured" if meter.read().measured else "estimated"
+            self.meter.metrics.energy(name, source)  # the series exist at zero before the first epoch's increase
         start_epoch = 0 if ckpt is None else int(ckpt["next_epoch"])
         current = None if ckpt is None else Checkpoint.current(ckpt)
         if ckpt is not None:
@@ -365,15 +393,61 @@ class Trainer:
         self._metrics_server.server_close()
         self._metrics_server = None
 
+    def _energy_now(self) -> dict[str, float]:
+        """Cumulative joules per component since the run started (and the metric brought up to date)."""
+        out = {}
+        for name, meter in self.energy.items():
+            reading = meter.read()
+            out[name] = reading.joules
+            delta = reading.joules - self._energy_marks.get(name, 0.0)
+            if delta > 0:
+                self.meter.metrics.energy(name, "measured" if reading.measured else "estimated").inc(delta)
+            self._energy_marks[name] = reading.joules
+        return out
+
     def _result(self) -> RunResult:
         cfg = self.config
         run = {"plan": self.plan.name, "session": self.run_id, "placement": self.placement}
+        run["energy"] = {name: meter.read().as_dict() for name, meter in self.energy.items()}
         options = {**run, "pushed_proxy_versions": list(self.pushed_versions), "selections": list(self.selections)}
         return self.meter.result(cfg, str(self.device), options)
 
 
 def train(
-    config: TrainConfig, client: StorageClient | None = None, echo: Callable[[str], None] | None = None
+    config: TrainConfig,
+    client: StorageClient | None = None,
+    echo: Callable[[str], None] | None = None,
+    energy: dict[str, EnergyMeter] | None = None,
 ) -> RunResult:
-    """Run one training job (see :class:`Trainer`) and return its result."""
-    return Trainer(config, client=client, echo=echo).run()
+    """Run one training job (see :class:`Trainer`) and return its result (``energy``: other processes to meter)."""
+    return Trainer(config, client=client, echo=echo, energy=energy).run()
+
+
+def fit(
+    model: nn.Module,
+    target: str,
+    dataset: str,
+    test_dataset: str,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    echo: Callable[[str], None] | None = None,
+    **config: Any,
+) -> RunResult:
+    """Train a user's ``model`` (an instance) with the trainer: proxy pushes, selections, streaming, checkpoints.
+
+    Args:
+        model: the model; samples reach it as stored (channel-last images channel-first, png/jpeg decoded with
+            ``image_size``), scaled by 1/255 when uint8.
+        target: the daemon's ``host:port``.
+        dataset: training dataset.
+        test_dataset: test dataset.
+        optimizer: default SGD from ``lr``/``momentum``/``weight_decay``; the trainer's schedule (``lr``,
+            ``warmup_epochs``) sets its learning rate each step.
+        loss_fn: ``loss_fn(logits, labels, weights) -> scalar`` (default :func:`nessa.weighted_loss`'s form).
+        echo: where per-epoch lines go.
+        **config: other :class:`~nessa.trainer.config.TrainConfig` fields (``method``, ``fraction``, ``epochs``, ...).
+    """
+    label = f"{type(model).__module__}:{type(model).__qualname__}"
+    cfg = TrainConfig(target=target, dataset=dataset, test_dataset=test_dataset, model=label, **config)
+    return Trainer(cfg, echo=echo, model=model, optimizer=optimizer, loss_fn=loss_fn).run()

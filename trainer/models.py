@@ -16,15 +16,19 @@ Defaults fit the embedded datasets:
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from nessa.errors import InvalidArgumentError
 
-__all__ = ["MODELS", "BasicBlock", "CNN1d", "ResNet", "build_model", "cnn1d", "mlp", "resnet20"]
+__all__ = ["MODELS", "BasicBlock", "CNN1d", "ResNet", "build_model", "cnn1d", "load_factory", "mlp", "resnet20"]
 
 
 def mlp(in_features: int = 40, num_classes: int = 10, hidden: tuple[int, ...] = (256, 128)) -> nn.Sequential:
@@ -178,15 +182,58 @@ def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3) -> Re
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d, "resnet20": resnet20}
 
 
+def load_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable at ``module:attr`` (a user's model factory, e.g. ``mymodels:vit_tiny``).
+
+    The module is imported from ``sys.path`` and, failing that, the current directory.
+
+    Raises:
+        InvalidArgumentError: the module does not import or has no such callable.
+    """
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise InvalidArgumentError(f"model {path!r} is not a module:factory import path (e.g. mymodels:small_vit)")
+    if os.getcwd() not in sys.path:  # as `python -m` would: a module next to where the command runs imports
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the user's module raises on import
+        raise InvalidArgumentError(
+            f"cannot import {module_name!r} for model {path!r} ({type(exc).__name__}: {exc}); is it on PYTHONPATH?"
+        ) from exc
+    factory: Any = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+    if not callable(factory):
+        raise InvalidArgumentError(f"module {module_name!r} has no callable {attr!r} (for model {path!r})")
+    return cast(Callable[..., nn.Module], factory)
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a model by name (``mlp``, ``cnn1d``, ``resnet20``) with keyword arguments for its builder.
+    """Build a model by name (``mlp``, ``cnn1d``, ``resnet20``) or ``module:factory`` with its keyword arguments.
+
+    A factory gets those of ``num_classes``, ``channels``, ``in_channels`` and ``input_shape`` its signature names.
 
     Raises:
         InvalidArgumentError: unknown name, or arguments the builder does not take.
     """
+    if ":" in name:
+        factory = load_factory(name)
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        chosen = {k: v for k, v in kwargs.items() if k in params or (takes_all and k == "num_classes")}
+        try:
+            model = factory(**chosen)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"bad arguments for model factory {name!r}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise InvalidArgumentError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
     builder = MODELS.get(name)
     if builder is None:
-        raise InvalidArgumentError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+        raise InvalidArgumentError(
+            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}, or a module:factory import path"
+        )
     try:
         return builder(**kwargs)
     except TypeError as exc:

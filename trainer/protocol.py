@@ -54,7 +54,10 @@ def targets_from(full_final_accuracies: Sequence[float], margins: Sequence[float
 
 
 def reach(epochs: list[dict[str, Any]], target: float) -> dict[str, float] | None:
-    """When ``target`` was first reached: ``{"seconds", "bytes", "epoch", "samples"}`` at that epoch's end, or None."""
+    """When ``target`` was first reached: ``{"seconds", "bytes", "epoch", "samples", "joules"}`` at that epoch's end.
+
+    None when it was not. ``joules`` sums the run's metered components (trainer, daemon) up to then.
+    """
     samples = 0
     for rec in epochs:
         samples += int(rec.get("samples", 0))
@@ -64,6 +67,7 @@ def reach(epochs: list[dict[str, Any]], target: float) -> dict[str, float] | Non
                 "bytes": float(int(rec["bytes_to_trainer_total"]) + int(rec["bytes_to_storage_total"])),
                 "epoch": float(rec["epoch"]),
                 "samples": float(samples),
+                "joules": float(sum(rec.get("energy_joules_total", {}).values())),
             }
     return None
 
@@ -84,6 +88,10 @@ def run_facts(result: RunResult, targets: dict[str, float], seed: int) -> dict[s
     out["train_seconds_per_epoch"] = statistics.median(train_s) if train_s else 0.0
     out["data_wait_fraction"] = result.data_wait_seconds / result.wall_seconds if result.wall_seconds > 0 else 0.0
     out["samples_seen"] = sum(int(e.get("samples", 0)) for e in result.epochs)
+    energy = result.options.get("energy", {})
+    out["energy_joules"] = float(sum(float(v["joules"]) for v in energy.values()))
+    out["energy_by_component"] = {k: float(v["joules"]) for k, v in energy.items()}
+    out["energy_source"] = "; ".join(sorted({f"{k}: {v['source']}" for k, v in energy.items()}))
     return out
 
 
@@ -104,6 +112,7 @@ def summarize(runs: list[dict[str, Any]], targets: dict[str, float]) -> dict[str
         "data_wait_fraction": spread([r["data_wait_fraction"] for r in runs]),
         "selection_seconds_per_epoch": spread([r["selection_seconds_per_epoch"] for r in runs]),
         "train_seconds_per_epoch": spread([r["train_seconds_per_epoch"] for r in runs]),
+        "energy_joules": spread([r.get("energy_joules") for r in runs]),
         "targets": {},
     }
     for name in targets:
@@ -111,6 +120,7 @@ def summarize(runs: list[dict[str, Any]], targets: dict[str, float]) -> dict[str
         out["targets"][name] = {
             "seconds": spread([h["seconds"] if h else None for h in hits]),
             "bytes": spread([h["bytes"] if h else None for h in hits]),
+            "joules": spread([h.get("joules") if h else None for h in hits]),
             "all_reached": all(h is not None for h in hits) and bool(hits),
         }
     return out
@@ -121,6 +131,8 @@ def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _label(entry: dict[str, Any]) -> str:
+    if entry.get("label"):
+        return str(entry["label"])
     return entry["method"] if entry["method"] == "full" else f"{entry['method']} {entry['fraction'] * 100:g}%"
 
 
@@ -222,7 +234,8 @@ def format_protocol(report: dict[str, Any]) -> str:
     header = ["method"]
     for name in targets:
         header += [f"time to {name}", f"bytes to {name}"]
-    header += ["final acc", "data wait", "selection s/epoch", "train s/epoch"]
+    first = next(iter(targets))
+    header += [f"energy to {first}", "final acc", "data wait", "selection s/epoch", "train s/epoch"]
     rows = []
     for m in methods:
         s = m["summary"]
@@ -232,7 +245,9 @@ def format_protocol(report: dict[str, Any]) -> str:
             full_t = full["summary"]["targets"][name] if full is not None and m is not full else None
             row += [_reached_cell(t, full_t), _bytes_range(t["bytes"]) if t["bytes"]["n"] else "-"]
         wait = s["data_wait_fraction"]
+        joules = s["targets"][first].get("joules", {"median": None})
         row += [
+            _range(joules, "{:.0f}", " J") if s["targets"][first]["all_reached"] else "-",
             _range(s["final_accuracy"], "{:.2%}", ""),
             _range(wait, "{:.1%}", ""),
             "-" if m["method"] == "full" else _range(s["selection_seconds_per_epoch"], "{:.3f}"),
@@ -242,6 +257,9 @@ def format_protocol(report: dict[str, Any]) -> str:
     seeds = report["config"].get("seeds", [])
     names = ", ".join(f"{n} = {a * 100:.2f}%" for n, a in targets.items())
     lines = [f"time to target (medians [min–max] over seeds {seeds}; targets: {names})", *_table(header, rows)]
+    sources = sorted({r.get("energy_source", "") for m in methods for r in m["runs"]} - {""})
+    if sources:
+        lines.append("energy (trainer + daemon): " + " | ".join(sources))
     equal = report.get("equal_epochs")
     if equal:
         lines += ["", f"equal epochs ({report['config'].get('epochs')} epochs each; medians [min–max])"]
@@ -256,9 +274,10 @@ def format_protocol(report: dict[str, Any]) -> str:
                     _bytes_range(s["bytes"]),
                     _range(s["data_wait_fraction"], "{:.1%}", ""),
                     "-" if m["method"] == "full" else _range(s["selection_seconds_per_epoch"], "{:.3f}"),
+                    _range(s.get("energy_joules", {"median": None}), "{:.0f}", " J"),
                 ]
             )
-        lines += _table(["method", "final acc", "wall", "bytes", "data wait", "selection s/epoch"], erows)
+        lines += _table(["method", "final acc", "wall", "bytes", "data wait", "selection s/epoch", "energy"], erows)
     lines.append("")
     lines.extend(f"- {f}" for f in report.get("findings", []))
     return "\n".join(lines)

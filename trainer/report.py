@@ -43,7 +43,8 @@ class RunResult:
         fraction: selected fraction of the dataset per epoch (1.0 for ``full``).
         epochs: per-epoch records (dicts; see :class:`nessa.trainer.loop.Trainer` for the keys). Each holds at least
             ``epoch``, ``test_accuracy``, ``wall_seconds`` (cumulative), ``bytes_to_trainer_total`` and
-            ``bytes_to_storage_total`` (cumulative).
+            ``bytes_to_storage_total`` (cumulative). An epoch's bytes are those that arrived during it: the next
+            epoch's stream opens ahead, so part of its bytes count in the epoch before.
         wall_seconds: training wall time of the run (evaluation excluded).
         bytes_to_trainer: bytes received from the storage daemon for training (sample payload and metadata).
         bytes_to_storage: bytes sent to the daemon (proxies and requests).

@@ -86,6 +86,14 @@ class SelectionPipeline(Generic[R]):
             entry = self._pending.get(epoch)
         return entry is not None and entry[1].done()
 
+    def peek(self, epoch: int) -> R | None:
+        """``epoch``'s result if its job has finished well, without taking it (None otherwise)."""
+        with self._lock:
+            entry = self._pending.get(epoch)
+        if entry is None or not entry[1].done() or entry[1].exception() is not None:
+            return None
+        return entry[1].result()
+
     def pending_jobs(self) -> list[SelectionJob]:
         """Jobs submitted and not yet taken, in epoch order (for a checkpoint)."""
         with self._lock:
@@ -140,5 +148,6 @@ class ProxyExporter:
             quantize=self.quantize,
             version=version,
             normalization=self.decoder.normalization,
+            image=self.decoder.image,
         )
         return dumps(proxy)

@@ -86,6 +86,7 @@ def round_up(n: int, multiple: int) -> int:
 class _ThreadState:
     queue: cl.CommandQueue
     kernels: dict[tuple[str, str], cl.Kernel]
+    spare: dict[tuple[str, str], list[cl.Kernel]]
 
 
 class OpenCLRuntime:
@@ -145,7 +146,7 @@ class OpenCLRuntime:
     def _thread(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
-            state = _ThreadState(queue=cl.CommandQueue(self.context), kernels={})
+            state = _ThreadState(queue=cl.CommandQueue(self.context), kernels={}, spare={})
             self._local.state = state
         return state
 
@@ -206,6 +207,23 @@ class OpenCLRuntime:
             kernel = cl.Kernel(self.program(source, options), name)
             state.kernels[key] = kernel
         return kernel
+
+    def checkout_kernel(self, source: str, name: str) -> cl.Kernel:
+        """A kernel object ``name`` of this thread that no one else holds (its arguments are the holder's to set).
+
+        Creating a ``cl.Kernel`` costs pyopencl an invoker lookup in its on-disk cache (about a millisecond), more
+        than a small launch; objects handed back with :meth:`checkin_kernel` are reused instead.
+        """
+        spare = self._thread().spare.get((source, name))
+        if spare:
+            return spare.pop()
+        return cl.Kernel(self.program(source), name)
+
+    def checkin_kernel(self, source: str, name: str, kernel: cl.Kernel) -> None:
+        """Hand back a kernel object from :meth:`checkout_kernel` (on the thread that took it) for reuse."""
+        spare = self._thread().spare.setdefault((source, name), [])
+        if len(spare) < 8:
+            spare.append(kernel)
 
 
 _runtime: OpenCLRuntime | None = None

@@ -541,9 +541,9 @@ class FacilityLocationBlock:
         _check_size(self.m * self.n)
         rt = self._rt = _rt()
         self._queue = rt.queue
-        program = rt.program(SOURCE)
-        self._k_gains = cl.Kernel(program, "sel_fl_gains")
-        self._k_add = cl.Kernel(program, "sel_fl_add")
+        self._k_gains = rt.checkout_kernel(SOURCE, "sel_fl_gains")  # this block's own: it keeps their arguments set
+        self._k_add = rt.checkout_kernel(SOURCE, "sel_fl_add")
+        self._kernels_out = True
         self._buffers: list[cl.Buffer] = []
         g_buf = self._own(_to_device(rt, x))
         c_buf = g_buf if candidates is None else self._own(_to_device(rt, y))
@@ -735,10 +735,15 @@ class FacilityLocationBlock:
         if self._s is not None:
             _checkin(self._s)
             self._s = None
+        if getattr(self, "_kernels_out", False):
+            self._kernels_out = False
+            self._rt.checkin_kernel(SOURCE, "sel_fl_gains", self._k_gains)
+            self._rt.checkin_kernel(SOURCE, "sel_fl_add", self._k_add)
 
     def __del__(self) -> None:  # buffers are also freed by pyopencl's GC; this frees them promptly
         try:
-            if getattr(self, "_buffers", None) or getattr(self, "_s", None) is not None:
+            held = getattr(self, "_buffers", None) or getattr(self, "_s", None) is not None
+            if held or getattr(self, "_kernels_out", False):
                 self.close()
         except Exception:
             pass

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from nessa import __version__
-from nessa.cli import demo, selection, serve, status, store, train
+from nessa.cli import demo, distill, selection, serve, status, store, train
 from nessa.cli.options import Command, Parser
 from nessa.errors import FailedPreconditionError, InvalidArgumentError, NessaError, NotFoundError
 
@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     **serve.COMMANDS,
     **status.COMMANDS,
     **selection.COMMANDS,
+    **distill.COMMANDS,
 }
 _USAGE_ERRORS = (InvalidArgumentError, NotFoundError, FailedPreconditionError)
 _TOP_FLAGS = ("-h", "--help", "--version", "--debug")

@@ -42,7 +42,7 @@ def check_demo(cfg: DemoConfig) -> None:
 
     resolve_device(cfg.device)
     for method in cfg.methods:
-        method_needs_proxy(method)  # unknown methods fail here
+        method_needs_proxy(cfg.selector_of(method))  # unknown methods fail here
         cfg.train_config(method, "127.0.0.1:0")  # validates the run
 
 

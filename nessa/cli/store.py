@@ -37,6 +37,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         sample_shape=args.sample_shape,
         columns=tuple(args.column or ()),
+        dtype=args.dtype,
     )
     if not args.quiet:
         for path in paths:
@@ -56,7 +57,11 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
         "crash or bad input leaves nothing under DEST. SOURCE is a path (format from its suffix, or a directory for "
         f"an image folder) or a generated set: {', '.join(GENERATED)}."
     )
-    p.add_argument("source", help=f"a .npz/.parquet/.arrow file, an image-folder directory, or {'/'.join(GENERATED)}")
+    p.add_argument(
+        "source",
+        help="a .npz/.parquet/.arrow/.csv file, an image-folder directory, a Hugging Face save_to_disk directory, "
+        f"WebDataset .tar shards, or {'/'.join(GENERATED)}",
+    )
     p.add_argument("dest", help="the dataset directory to create")
     p.add_argument("--format", choices=FORMATS, default=None, help="the source's format (default: inferred)")
     p.add_argument("--shards", type=int, default=1, help="LMDB shards per dataset (default: 1)")
@@ -70,6 +75,12 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-shape", type=shape, default=None, help="numeric samples: per-sample shape, e.g. 3,32,32")
     p.add_argument(
         "--column", action="append", metavar="NAME", help="npz/parquet/arrow: keep this per-sample column (repeat)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "float16", "uint8", "int64"),
+        help="cast numeric samples to this dtype (e.g. float64 Parquet columns to float32); recorded in the manifest",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing datasets (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")

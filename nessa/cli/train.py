@@ -43,7 +43,14 @@ def _add(p: argparse.ArgumentParser) -> None:
     from nessa.trainer.config import TrainConfig
     from nessa.trainer.models import MODELS
 
-    flags = {**_FLAGS, "model": Flag(choices=sorted(MODELS))}
+    flags = {
+        **_FLAGS,
+        "model": Flag(
+            metavar="MODEL",
+            help=f"{', '.join(sorted(MODELS))}, or your own model's factory as module:function (on PYTHONPATH; "
+            "called with num_classes=, channels=, input_shape= where it takes them)",
+        ),
+    }
     add_config_flags(p, TrainConfig, flags, defaults={"token": "$NESSA_TOKEN", "options": "none"})
     p.add_argument("--fp32-proxy", action="store_true", help="send float32 proxy weights instead of int8")
     p.add_argument("--report", default=None, help="write the run's result (per-epoch records) as JSON here")

@@ -8,6 +8,7 @@ import numpy as np
 
 from nessa.client import Batch
 from nessa.errors import InvalidArgumentError
+from nessa.packed import PackedSamples
 from nessa.pipeline.base import Stage, StageState
 
 __all__ = ["Rebatch", "SampleBatch"]
@@ -21,14 +22,15 @@ class SampleBatch:
         indices: int64 dataset indices.
         labels: int64 labels.
         weights: float32 weights.
-        samples: each sample's stored bytes.
+        samples: the samples' stored bytes (views of the received messages when the batch lies in one of them;
+            else joined, one copy).
         payload_bytes: sample bytes these samples took on the wire.
     """
 
     indices: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
-    samples: list[bytes]
+    samples: PackedSamples
     payload_bytes: int
 
     def __len__(self) -> int:
@@ -49,7 +51,7 @@ class Rebatch(Stage[SampleBatch]):
         self._idx: list[np.ndarray] = []
         self._lab: list[np.ndarray] = []
         self._wts: list[np.ndarray] = []
-        self._data: list[bytes] = []
+        self._data: list[PackedSamples] = []
         self._held = 0
         self._done = False
 
@@ -65,16 +67,26 @@ class Rebatch(Stage[SampleBatch]):
 
     def _emit(self, count: int) -> SampleBatch:
         i, y, w = np.concatenate(self._idx), np.concatenate(self._lab), np.concatenate(self._wts)
-        taken = self._data[:count]
+        parts: list[PackedSamples] = []
+        need = count
+        while need:
+            head = self._data[0]
+            if len(head) <= need:
+                parts.append(self._data.pop(0))
+                need -= len(head)
+            else:
+                parts.append(head[:need])
+                self._data[0] = head[need:]
+                need = 0
+        taken = PackedSamples.concat(parts)
         out = SampleBatch(
             indices=i[:count].copy(),
             labels=y[:count].copy(),
             weights=w[:count].astype(np.float32, copy=True),
             samples=taken,
-            payload_bytes=sum(map(len, taken)),
+            payload_bytes=taken.nbytes,
         )
         self._idx, self._lab, self._wts = [i[count:]], [y[count:]], [w[count:]]
-        self._data = self._data[count:]
         self._held -= count
         return out
 
@@ -90,7 +102,12 @@ class Rebatch(Stage[SampleBatch]):
             self._idx.append(msg.indices)
             self._lab.append(msg.labels)
             self._wts.append(msg.weights)
-            self._data.extend(msg.samples)
+            if len(msg.samples) != len(msg):
+                raise InvalidArgumentError(
+                    f"a message of {len(msg)} samples carries {len(msg.samples)} samples' bytes; stream with sample "
+                    "bytes (not metadata_only) to rebatch"
+                )
+            self._data.append(msg.samples)
             self._held += len(msg)
         if self._held == 0:
             raise StopIteration

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 
 from nessa.errors import InvalidArgumentError
 from nessa.proxy.quantize import dequantize
+from nessa.store.images import IMAGE_CODECS, ImagePrep
 from nessa.v1 import proxy_pb2 as pb
 
 __all__ = [
@@ -65,11 +66,39 @@ OPS: dict[int, str] = {
     pb.OP_AVGPOOL: "avgpool",
     pb.OP_GLOBAL_AVGPOOL: "global_avgpool",
     pb.OP_FLATTEN: "flatten",
+    pb.OP_GELU: "gelu",
+    pb.OP_SILU: "silu",
+    pb.OP_SIGMOID: "sigmoid",
+    pb.OP_TANH: "tanh",
+    pb.OP_SOFTMAX: "softmax",
+    pb.OP_LAYERNORM: "layernorm",
+    pb.OP_GROUPNORM: "groupnorm",
+    pb.OP_MATMUL: "matmul",
+    pb.OP_ATTENTION: "attention",
+    pb.OP_RESHAPE: "reshape",
+    pb.OP_PERMUTE: "permute",
+    pb.OP_CONCAT: "concat",
+    pb.OP_MUL: "mul",
+    pb.OP_SCALE: "scale",
+    pb.OP_CONSTANT: "constant",
+    pb.OP_EMBEDDING: "embedding",
+    pb.OP_SLICE: "slice",
+    pb.OP_MEAN: "mean",
 }
+#: Elementwise ops of one input and no attributes but their kind (the activations).
+UNARY = ("relu", "gelu", "silu", "sigmoid", "tanh")
 _OP_BY_NAME: dict[str, pb.OpType] = {v: cast(pb.OpType, k) for k, v in OPS.items()}
 _WEIGHTED = {"conv1d", "conv2d", "linear"}
 _POOLS = {"maxpool", "avgpool"}
-_N_INPUTS = {"add": 2}
+_N_INPUTS = {"add": 2, "mul": 2, "matmul": 2, "attention": 3, "constant": 0}
+#: Ops that take a weight tensor other than conv/linear (a bias is optional where the op has one).
+_TENSOR_OPS = {"layernorm", "groupnorm", "embedding", "constant"}
+#: Ops with ``dims`` attributes.
+_DIMS_OPS = {"reshape", "permute", "concat", "slice", "mean"}
+#: The only readers of a constant node.
+_CONSTANT_READERS = {"add", "mul", "concat"}
+#: Ops beyond the first vocabulary that take no weight.
+_NEW_PLAIN = {"gelu", "silu", "sigmoid", "tanh", "softmax", "matmul", "attention", "mul", "scale", *_DIMS_OPS}
 _SAMPLE_DTYPES: dict[int, np.dtype] = {pb.DTYPE_FLOAT32: np.dtype(np.float32), pb.DTYPE_UINT8: np.dtype(np.uint8)}
 _DTYPE_NAMES: dict[str, pb.DType] = {"float32": pb.DTYPE_FLOAT32, "uint8": pb.DTYPE_UINT8}
 _ITEMSIZE = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_INT8: 1}
@@ -196,6 +225,11 @@ class Proxy:
         return Normalization(mean=tuple(spec.mean), std=tuple(spec.std), dtype=dtype, scale=float(spec.scale))
 
     @property
+    def image_prep(self) -> ImagePrep | None:
+        """How the daemon decodes encoded-image samples for this proxy (``None``: as stored)."""
+        return ImagePrep.from_message(self._msg.input.image)
+
+    @property
     def output(self) -> str:
         """Name of the node whose output is the logits."""
         return str(self._msg.output)
@@ -219,6 +253,32 @@ class Proxy:
     def nodes(self) -> list[pb.Node]:
         """The graph's nodes in stored order."""
         return list(self._msg.nodes)
+
+    @property
+    def program(self) -> bytes:
+        """The torch.export program the proxy carries instead of a graph (``b""`` for a graph proxy)."""
+        return bytes(self._msg.program)
+
+    @property
+    def program_reason(self) -> str:
+        """Why the proxy is a program: the first op outside the vocabulary and its module path."""
+        return str(self._msg.program_reason)
+
+    @property
+    def head_only(self) -> bool:
+        """Whether the proxy carries per-sample features as its inputs (``export(..., head_only=True)``)."""
+        return self._msg.HasField("features")
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, features)`` of a head-only proxy: int64 ``(n,)`` and float32 ``(n, *input_shape)``."""
+        t = self._msg.features
+        shape = tuple(int(v) for v in t.shape)
+        if t.dtype != pb.DTYPE_FLOAT32 or len(t.data) != 4 * math.prod(shape):
+            raise InvalidArgumentError("the proxy's features must be float32 with data matching their shape")
+        return (
+            np.asarray(self._msg.feature_indices, dtype=np.int64),
+            np.frombuffer(t.data, dtype="<f4").astype(np.float32).reshape(shape),
+        )
 
     @property
     def quantized(self) -> bool:
@@ -337,16 +397,34 @@ class Proxy:
 
     def _infer_shapes(self) -> dict[str, Shape]:
         shapes: dict[str, Shape] = {INPUT: self.input_shape}
+        constants = {n.name for n in self._msg.nodes if n.op == pb.OP_CONSTANT}
         for node in self.order():
+            op = self.op(node)
+            if op not in _CONSTANT_READERS and any(s in constants for s in node.inputs):
+                raise InvalidArgumentError(
+                    f"proxy node {node.name!r} ({op}) reads a constant node; constants feed only "
+                    f"{', '.join(sorted(_CONSTANT_READERS))}"
+                )
             shapes[node.name] = self._node_shape(node, [shapes[s] for s in node.inputs])
+        for name in (self._msg.output, self._msg.embedding):
+            if name in constants:
+                raise InvalidArgumentError(f"proxy output or embedding {name!r} is a constant node")
         return shapes
 
     def _node_shape(self, node: pb.Node, ins: list[Shape]) -> Shape:
         op = self.op(node)
         where = f"proxy node {node.name!r} ({op}{', from ' + node.source if node.source else ''})"
-        need = _N_INPUTS.get(op, 1)
-        if len(ins) != need:
-            raise InvalidArgumentError(f"{where} has {len(ins)} inputs but {op} takes {need}")
+        if op == "concat":
+            if len(ins) < 2:
+                raise InvalidArgumentError(f"{where} has {len(ins)} inputs but concat takes two or more")
+        else:
+            need = _N_INPUTS.get(op, 1)
+            if len(ins) != need:
+                raise InvalidArgumentError(f"{where} has {len(ins)} inputs but {op} takes {need}")
+        if op not in _DIMS_OPS and node.dims:
+            raise InvalidArgumentError(f"{where} sets dims, which {op} does not take")
+        if op in _TENSOR_OPS or op in _NEW_PLAIN:
+            return self._extended_shape(node, op, ins, where)
         x = ins[0]
         if op in _WEIGHTED:
             if not node.weight:
@@ -357,12 +435,12 @@ class Proxy:
                 if bshape != (wshape[0],):
                     raise InvalidArgumentError(f"{where}: bias shape {bshape} does not match weight shape {wshape}")
             if op == "linear":
-                if len(wshape) != 2 or len(x) != 1 or x[0] != wshape[1]:
+                if len(wshape) != 2 or len(x) < 1 or x[-1] != wshape[1]:
                     raise InvalidArgumentError(
-                        f"{where}: weight {wshape} needs a flat input of {wshape[1] if len(wshape) == 2 else '?'} "
-                        f"features but gets shape {x}; insert a flatten or re-export"
+                        f"{where}: weight {wshape} needs an input of {wshape[1] if len(wshape) == 2 else '?'} "
+                        f"features on its last axis but gets shape {x}; re-export"
                     )
-                return (wshape[0],)
+                return (*x[:-1], wshape[0])
             dims = 1 if op == "conv1d" else 2
             if len(wshape) != dims + 2:
                 raise InvalidArgumentError(f"{where}: weight shape {wshape} is not a {op} weight")
@@ -386,9 +464,7 @@ class Proxy:
         if op == "relu":
             return x
         if op == "add":
-            if ins[0] != ins[1]:
-                raise InvalidArgumentError(f"{where}: cannot add shapes {ins[0]} and {ins[1]}")
-            return x
+            return _broadcast(ins[0], ins[1], where)
         if op == "flatten":
             return (math.prod(x),)
         if op == "global_avgpool":
@@ -408,6 +484,92 @@ class Proxy:
         if any(o < 1 for o in out):
             raise InvalidArgumentError(f"{where}: kernel {kernel} does not fit input {x}")
         return (x[0], *out)
+
+    def _extended_shape(self, node: pb.Node, op: str, ins: list[Shape], where: str) -> Shape:
+        """Output shape of the ops beyond conv/linear/pool (activations, norms, attention, layout ops)."""
+        if node.kernel_size or node.stride or node.padding:
+            raise InvalidArgumentError(f"{where} sets kernel_size/stride/padding, which {op} does not take")
+        wshape: Shape = ()
+        if op in _TENSOR_OPS:
+            if not node.weight:
+                raise InvalidArgumentError(f"{where} names no weight tensor")
+            wshape = tuple(int(v) for v in self._tensor_msg(node.weight).shape)
+            if node.bias:
+                if op not in ("layernorm", "groupnorm"):
+                    raise InvalidArgumentError(f"{where} carries a bias, which {op} does not take")
+                bshape = tuple(int(v) for v in self._tensor_msg(node.bias).shape)
+                if bshape != wshape:
+                    raise InvalidArgumentError(f"{where}: bias shape {bshape} does not match weight shape {wshape}")
+        elif node.weight or node.bias:
+            raise InvalidArgumentError(f"{where} carries weights, but {op} takes none")
+        if op in ("layernorm", "groupnorm") and not (math.isfinite(node.eps) and node.eps > 0):
+            raise InvalidArgumentError(f"{where}: eps must be finite and positive; got {node.eps}")
+        if op == "scale" and not (math.isfinite(node.alpha) and math.isfinite(node.beta)):
+            raise InvalidArgumentError(f"{where}: alpha and beta must be finite")
+        if op == "attention" and not (math.isfinite(node.alpha) and node.alpha >= 0):
+            raise InvalidArgumentError(f"{where}: alpha must be finite and >= 0 (0: 1/sqrt(d))")
+        if op == "constant":
+            return wshape
+        x = ins[0] if ins else ()
+        dims = [int(v) for v in node.dims]
+        if op in UNARY or op in ("softmax", "scale"):
+            return x
+        if op == "layernorm":
+            if wshape != (x[-1],):
+                raise InvalidArgumentError(f"{where}: weight {wshape} must be ({x[-1]},) for input {x}")
+            return x
+        if op == "groupnorm":
+            if len(x) < 2 or wshape != (x[0],) or node.groups < 1 or x[0] % node.groups:
+                raise InvalidArgumentError(
+                    f"{where}: needs (C, ...) input, weight (C,) and groups dividing C; got input {x}, weight "
+                    f"{wshape}, groups {node.groups}"
+                )
+            return x
+        if op == "embedding":
+            if len(wshape) != 2:
+                raise InvalidArgumentError(f"{where}: weight {wshape} must be (V, D)")
+            return (*x, wshape[1])
+        if op == "mul":
+            return _broadcast(ins[0], ins[1], where)
+        if op == "matmul":
+            a, b = ins
+            if len(a) < 2 or len(b) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
+                raise InvalidArgumentError(f"{where}: cannot multiply shapes {a} and {b}")
+            return (*a[:-1], b[-1])
+        if op == "attention":
+            q, k, v = ins
+            if len(q) < 2 or not (q[:-2] == k[:-2] == v[:-2]) or q[-1] != k[-1] or k[-2] != v[-2]:
+                raise InvalidArgumentError(
+                    f"{where}: q {q}, k {k}, v {v} do not fit (..., T, d), (..., S, d), (..., S, e)"
+                )
+            return (*q[:-1], v[-1])
+        if op == "reshape":
+            if not dims or any(d < 1 for d in dims) or math.prod(dims) != math.prod(x):
+                raise InvalidArgumentError(f"{where}: cannot reshape {x} to {tuple(dims)}")
+            return tuple(dims)
+        if op == "permute":
+            if sorted(dims) != list(range(len(x))):
+                raise InvalidArgumentError(f"{where}: dims {dims} is not a permutation of the axes of {x}")
+            return tuple(x[d] for d in dims)
+        if op == "concat":
+            if len(dims) != 1 or not 0 <= dims[0] < len(x):
+                raise InvalidArgumentError(f"{where}: dims must hold one axis of {x}; got {dims}")
+            axis = dims[0]
+            for other in ins[1:]:
+                if len(other) != len(x) or any(
+                    o != v for i, (o, v) in enumerate(zip(other, x, strict=True)) if i != axis
+                ):
+                    raise InvalidArgumentError(f"{where}: cannot concatenate {x} and {other} along axis {axis}")
+            return (*x[:axis], sum(s[axis] for s in ins), *x[axis + 1 :])
+        if op == "slice":
+            if len(dims) != 3 or not 0 <= dims[0] < len(x) or not 0 <= dims[1] < dims[2] <= x[dims[0]]:
+                raise InvalidArgumentError(f"{where}: dims must be [axis, start, stop] within {x}; got {dims}")
+            axis = dims[0]
+            return (*x[:axis], dims[2] - dims[1], *x[axis + 1 :])
+        # mean
+        if not dims or len(set(dims)) != len(dims) or any(not 0 <= d < len(x) for d in dims) or len(dims) == len(x):
+            raise InvalidArgumentError(f"{where}: dims {dims} must be distinct axes of {x}, leaving at least one")
+        return tuple(v for i, v in enumerate(x) if i not in dims)
 
     @staticmethod
     def _attr(
@@ -493,6 +655,21 @@ class Proxy:
         if msg.num_classes < 1:
             raise InvalidArgumentError("proxy num_classes must be at least 1")
         self._validate_tensors(msg.tensors)
+        if msg.HasField("features"):
+            idx, feats = self.features()
+            if feats.shape != (len(idx), *shape) or len(idx) == 0:
+                raise InvalidArgumentError(
+                    f"the proxy's features have shape {feats.shape} for {len(idx)} indices; expected "
+                    f"({len(idx)}, *{shape}) with at least one sample"
+                )
+            if idx.min() < 0 or len(np.unique(idx)) != len(idx):
+                raise InvalidArgumentError("the proxy's feature indices must be distinct dataset indices (>= 0)")
+            if not np.all(np.isfinite(feats)):
+                raise InvalidArgumentError("the proxy's features have NaN or Inf values")
+        if msg.program:
+            if msg.nodes or msg.tensors:
+                raise InvalidArgumentError("a proxy carries either a torch.export program or a graph, not both")
+            return
         names: set[str] = set()
         for n in msg.nodes:
             if not n.name or n.name == INPUT or n.name in names:
@@ -540,6 +717,14 @@ class Proxy:
                     raise InvalidArgumentError(
                         f"proxy tensor {t.name!r} has NaN, Inf or non-positive scales; re-export the proxy"
                     )
+
+
+def _broadcast(a: Shape, b: Shape, where: str) -> Shape:
+    """Numpy broadcasting of two per-sample shapes (right aligned)."""
+    try:
+        return tuple(int(v) for v in np.broadcast_shapes(a, b))
+    except ValueError:
+        raise InvalidArgumentError(f"{where}: shapes {a} and {b} do not broadcast") from None
 
 
 def dumps(proxy: Proxy) -> bytes:
@@ -685,9 +870,17 @@ def estimate_forward(proxy: Proxy, batch_size: int) -> ForwardCost:
     every weight as float32. Compute: a conv's ``out_elements * in_channels * kernel_elements`` multiply-adds, a
     linear's ``out * in``, a pool's ``out_elements * kernel_elements``, one per element for the other ops.
     """
+    n = int(batch_size)
+    if proxy.program:
+        # A torch.export program: its activations are unknown here; count the input and the program's bytes.
+        return ForwardCost(
+            batch_size=n,
+            activation_bytes=4 * n * math.prod(proxy.input_shape),
+            weight_bytes=len(proxy.program),
+            macs=0,
+        )
     shapes = proxy.shapes()
     order = proxy.order()
-    n = int(batch_size)
     last_use: dict[str, int] = {}
     for i, node in enumerate(order):
         for src in node.inputs:
@@ -700,7 +893,6 @@ def estimate_forward(proxy: Proxy, batch_size: int) -> ForwardCost:
     for i, node in enumerate(order):
         out = math.prod(shapes[node.name])
         live[node.name] = out
-        peak = max(peak, sum(live.values()))
         op = OPS.get(node.op, "")
         if op in ("conv1d", "conv2d"):
             w = weights.get(node.weight, (1, 1))
@@ -710,8 +902,16 @@ def estimate_forward(proxy: Proxy, batch_size: int) -> ForwardCost:
             macs += out * (w[1] if len(w) > 1 else 1)
         elif op in _POOLS:
             macs += out * max(1, math.prod(int(k) for k in node.kernel_size))
+        elif op == "matmul":
+            macs += out * shapes[node.inputs[0]][-1]
+        elif op == "attention":
+            q, k = shapes[node.inputs[0]], shapes[node.inputs[1]]
+            macs += math.prod(q[:-1]) * k[-2] * (q[-1] + shapes[node.name][-1])
+            live[node.name + "/scores"] = math.prod(q[:-1]) * k[-2]
         else:
             macs += math.prod(shapes[node.inputs[0]]) if node.inputs else out
+        peak = max(peak, sum(live.values()))
+        live.pop(node.name + "/scores", None)
         for src in set(node.inputs):
             if last_use.get(src) == i and src not in keep:
                 live.pop(src, None)
@@ -726,6 +926,13 @@ def check_input_dtype(proxy: Proxy, dataset_dtype: str | np.dtype | None, datase
     samples (converted to float32). ``dataset_dtype`` ``None`` or ``""``: the dataset stores encoded bytes, which
     no proxy reads.
     """
+    if dataset_dtype in IMAGE_CODECS:
+        if proxy.input_dtype != np.uint8:
+            raise InvalidArgumentError(
+                f"{dataset} stores {dataset_dtype} images, which decode to uint8 pixels; export the proxy with "
+                "Normalization(dtype='uint8', scale=1/255, ...)"
+            )
+        return
     if dataset_dtype is None or (isinstance(dataset_dtype, str) and not dataset_dtype):
         raise InvalidArgumentError(
             f"{dataset} stores encoded bytes, not arrays: the daemon cannot run a proxy over it; ingest the samples "

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from nessa.errors import InvalidArgumentError
 from nessa.proxy.format import INPUT, Proxy
 from nessa.v1 import proxy_pb2 as pb
 
@@ -111,6 +112,66 @@ class GraphOps(Protocol):
         """The dequantized float32 tensor ``name`` in this engine's array type."""
         ...
 
+    def unary(self, x: Any, kind: str) -> Any:
+        """Activation ``kind`` (relu, gelu, silu, sigmoid, tanh) elementwise."""
+        ...
+
+    def softmax(self, x: Any) -> Any:
+        """Softmax over the last axis."""
+        ...
+
+    def scale(self, x: Any, alpha: float, beta: float) -> Any:
+        """``x * alpha + beta``."""
+        ...
+
+    def layernorm(self, x: Any, w: Any, b: Any | None, eps: float) -> Any:
+        """LayerNorm over the last axis."""
+        ...
+
+    def groupnorm(self, x: Any, w: Any, b: Any | None, groups: int, eps: float) -> Any:
+        """GroupNorm over axis 1 in ``groups`` groups."""
+        ...
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """Batched matrix product over equal leading axes."""
+        ...
+
+    def attention(self, q: Any, k: Any, v: Any, alpha: float) -> Any:
+        """``softmax(q k^T * alpha) v`` (``alpha`` 0: ``1/sqrt(d)``)."""
+        ...
+
+    def binary(self, a: Any, b: Any, kind: str) -> Any:
+        """``a + b`` or ``a * b`` (``kind`` add/mul), broadcast; operands have equal ranks."""
+        ...
+
+    def embedding(self, x: Any, w: Any) -> Any:
+        """Rows of ``w`` at the (rounded) indices ``x``; NaN rows outside ``[0, V)``."""
+        ...
+
+    def reshape(self, x: Any, shape: Sequence[int]) -> Any:
+        """Reshape to ``shape`` (batch axis included)."""
+        ...
+
+    def permute(self, x: Any, axes: Sequence[int]) -> Any:
+        """Permute the axes (batch axis included, kept first)."""
+        ...
+
+    def concat(self, xs: Sequence[Any], axis: int, n: int) -> Any:
+        """Join along ``axis``; an operand with batch size 1 (a constant) is repeated to ``n``."""
+        ...
+
+    def slice(self, x: Any, axis: int, start: int, stop: int) -> Any:
+        """``start <= i < stop`` along ``axis``."""
+        ...
+
+    def mean(self, x: Any, axes: Sequence[int]) -> Any:
+        """Mean over ``axes`` (removed)."""
+        ...
+
+    def constant(self, w: Any) -> Any:
+        """A constant tensor as a batch of one."""
+        ...
+
 
 def live_order(proxy: Proxy) -> list[pb.Node]:
     """The nodes the output and embedding depend on, in topological order."""
@@ -149,18 +210,67 @@ def interpret(proxy: Proxy, x: np.ndarray, ops: GraphOps) -> tuple[Any, Any]:
             out = ops.linear(ins[0], ops.weight(proxy, node.weight), bias)
         elif op == "relu":
             out = ops.relu(ins[0])
-        elif op == "add":
+        elif op == "add" and tuple(ins[0].shape) == tuple(ins[1].shape):
             out = ops.add(ins[0], ins[1])
         elif op in ("maxpool", "avgpool"):
             kernel, stride, padding = proxy.pool_params(node, len(ins[0].shape) - 2)
             out = ops.pool(op, ins[0], kernel, stride, padding)
         elif op == "global_avgpool":
             out = ops.global_avgpool(ins[0])
-        else:
+        elif op == "flatten":
             out = ops.flatten(ins[0])
+        else:
+            out = _extended(proxy, node, op, ins, ops, int(x.shape[0]))
         values[node.name] = out
         for src in node.inputs:
             remaining[src] -= 1
             if remaining[src] == 0 and src not in keep:
                 del values[src]
     return values[proxy.output], values[proxy.embedding]
+
+
+def _same_rank(ops: GraphOps, a: Any, rank: int) -> Any:
+    """``a`` with size-1 axes inserted after the batch axis up to ``rank`` axes (per-sample right alignment)."""
+    shape = tuple(int(v) for v in a.shape)
+    if len(shape) == rank:
+        return a
+    return ops.reshape(a, (shape[0], *(1,) * (rank - len(shape)), *shape[1:]))
+
+
+def _extended(proxy: Proxy, node: pb.Node, op: str, ins: list[Any], ops: GraphOps, n: int) -> Any:
+    """The ops beyond conv/linear/pool; per-sample axes in ``node.dims`` become full-array axes (+1)."""
+    dims = [int(v) for v in node.dims]
+    if op in ("relu", "gelu", "silu", "sigmoid", "tanh"):
+        return ops.unary(ins[0], op)
+    if op == "softmax":
+        return ops.softmax(ins[0])
+    if op == "scale":
+        return ops.scale(ins[0], float(node.alpha), float(node.beta))
+    if op in ("layernorm", "groupnorm"):
+        w = ops.weight(proxy, node.weight)
+        b = ops.weight(proxy, node.bias) if node.bias else None
+        if op == "layernorm":
+            return ops.layernorm(ins[0], w, b, float(node.eps))
+        return ops.groupnorm(ins[0], w, b, int(node.groups), float(node.eps))
+    if op == "matmul":
+        return ops.matmul(ins[0], ins[1])
+    if op == "attention":
+        return ops.attention(ins[0], ins[1], ins[2], float(node.alpha))
+    if op in ("add", "mul"):
+        rank = max(len(ins[0].shape), len(ins[1].shape))
+        return ops.binary(_same_rank(ops, ins[0], rank), _same_rank(ops, ins[1], rank), op)
+    if op == "embedding":
+        return ops.embedding(ins[0], ops.weight(proxy, node.weight))
+    if op == "reshape":
+        return ops.reshape(ins[0], (int(ins[0].shape[0]), *dims))
+    if op == "permute":
+        return ops.permute(ins[0], (0, *(d + 1 for d in dims)))
+    if op == "concat":
+        return ops.concat(ins, dims[0] + 1, n)
+    if op == "slice":
+        return ops.slice(ins[0], dims[0] + 1, dims[1], dims[2])
+    if op == "mean":
+        return ops.mean(ins[0], [d + 1 for d in dims])
+    if op == "constant":
+        return ops.constant(ops.weight(proxy, node.weight))
+    raise InvalidArgumentError(f"proxy node {node.name!r} has op {op!r}, which this engine does not run")

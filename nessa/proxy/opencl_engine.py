@@ -9,19 +9,29 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from nessa.accel import nn_ops
+from nessa.accel import nn_ext_ops, nn_ops
 from nessa.accel.runtime import OpenCLRuntime, get_runtime
+from nessa.errors import InvalidArgumentError
 from nessa.proxy.format import INPUT, Proxy
 from nessa.proxy.graph import Engine, ProxyOutputs, live_order
 
 __all__ = ["OpenCLEngine", "Plan"]
 
 _PLAN_CACHE = 2
+#: Ops that are views of their input's buffer (no kernel).
+_VIEWS = {"flatten", "reshape"}
+#: Ops of the extended vocabulary (nn_ext.cl), run without fusion.
+_EXTENDED = {
+    "gelu", "silu", "sigmoid", "tanh", "scale", "softmax", "layernorm", "groupnorm", "matmul", "attention", "mul",
+    "embedding", "permute", "concat", "slice", "mean",
+}  # fmt: skip
+_EXTENDED_KINDS = (_EXTENDED - {"mul"}) | {"binary"}
 
 
 @dataclass
@@ -37,6 +47,11 @@ class _Step:
     stride: list[int] = field(default_factory=list)
     padding: list[int] = field(default_factory=list)
     kernel: list[int] = field(default_factory=list)
+    # Per-sample shapes of the node's inputs (values may be aliases of another shape) and output.
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shape: tuple[int, ...] = ()
+    # Extended ops: attributes and uploaded tensors (norm weight/bias, embedding table).
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 class Plan:
@@ -69,18 +84,21 @@ class Plan:
     def _build_steps(self) -> None:
         proxy = self.proxy
         order = live_order(proxy)
-        for node in order:  # aliases first: flatten is a view
-            if proxy.op(node) == "flatten":
+        self.constants: dict[str, cl_array.Array] = {}
+        for node in order:  # aliases first: flatten and reshape are views
+            if proxy.op(node) in _VIEWS:
                 self.value_of[node.name] = self.value_of[node.inputs[0]]
             else:
                 self.value_of[node.name] = node.name
+            if proxy.op(node) == "constant":
+                self.constants[node.name] = nn_ext_ops.upload_constant(proxy.tensor(node.weight))
         users: dict[str, int] = {}
         for node in order:
-            if proxy.op(node) != "flatten":
+            if proxy.op(node) not in _VIEWS:
                 for src in node.inputs:
                     v = self.value_of[src]
                     users[v] = users.get(v, 0) + 1
-        pinned = {self.value_of[proxy.output], self.value_of[proxy.embedding], INPUT}
+        pinned = {self.value_of[proxy.output], self.value_of[proxy.embedding], INPUT, *self.constants}
         producer: dict[str, _Step] = {}
 
         def fusable(v: str) -> bool:
@@ -99,9 +117,13 @@ class Plan:
 
         for node in order:
             op = proxy.op(node)
-            if op == "flatten":
+            if op in _VIEWS or op == "constant":
                 continue
             ins = [self.value_of[s] for s in node.inputs]
+            in_shapes = [self.shapes[s] for s in node.inputs]
+            if op in _EXTENDED or (op == "add" and (in_shapes[0] != in_shapes[1] or set(ins) & set(self.constants))):
+                self._add(producer, self._extended_step(node, op, ins, in_shapes))
+                continue
             if op == "relu":
                 step = producer.get(ins[0])
                 if step is not None and step.kind in ("conv", "linear", "add") and not step.relu and fusable(ins[0]):
@@ -156,8 +178,36 @@ class Plan:
                 self._add(producer, _Step(op, node.name, ins, node.name))
 
     def _add(self, producer: dict[str, _Step], step: _Step) -> None:
+        if not step.in_shapes:
+            node = next(n for n in self.proxy.nodes if n.name == step.node)
+            step.in_shapes = [self.shapes[s] for s in node.inputs]
+        step.out_shape = self.shapes[step.node]
         self.steps.append(step)
         producer[step.out] = step
+
+    def _extended_step(self, node: Any, op: str, ins: list[str], in_shapes: list[tuple[int, ...]]) -> _Step:
+        """A step of the extended vocabulary (no fusion); tensors are uploaded once here."""
+        proxy = self.proxy
+        attrs: dict[str, Any] = {
+            "dims": [int(v) for v in node.dims],
+            "alpha": float(node.alpha),
+            "beta": float(node.beta),
+            "eps": float(node.eps),
+            "groups": int(node.groups),
+        }
+        ro = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+        if op in ("layernorm", "groupnorm", "embedding"):
+            w = np.ascontiguousarray(proxy.tensor(node.weight), np.float32)
+            attrs["weight"] = cl.Buffer(self.rt.context, ro, hostbuf=w)
+            attrs["wshape"] = tuple(int(v) for v in w.shape)
+            attrs["bias"] = (
+                cl.Buffer(self.rt.context, ro, hostbuf=np.ascontiguousarray(proxy.tensor(node.bias), np.float32))
+                if node.bias
+                else None
+            )
+        kind = "binary" if op in ("add", "mul") else op
+        attrs["binary"] = op
+        return _Step(kind, node.name, ins, node.name, in_shapes=in_shapes, attrs=attrs)
 
     def _assign_buffers(self) -> None:
         last_use: dict[str, int] = {}
@@ -179,8 +229,14 @@ class Plan:
                 self.buffers[v] = cl.Buffer(self.rt.context, cl.mem_flags.READ_WRITE, size=need)
 
         take(INPUT)
+        keep |= set(self.constants)
+        self.scratch: dict[str, cl.Buffer] = {}
         for i, step in enumerate(self.steps):
             take(step.out)
+            if step.kind == "attention":
+                q, k = step.in_shapes[0], step.in_shapes[1]
+                need = 4 * (self.batch_size * math.prod(q[:-1]) * k[-2] + 2 * nn_ops.GUARD)
+                self.scratch[step.node] = cl.Buffer(self.rt.context, cl.mem_flags.READ_WRITE, size=need)
             done = {*step.inputs, *([step.residual] if step.residual else [])}
             free.extend(
                 (self.buffers[v].size, self.buffers[v]) for v in sorted(done) if last_use[v] == i and v not in keep
@@ -200,9 +256,13 @@ class Plan:
         """Forward one batch of raw samples ``(n, *input_shape)``, ``n <= batch_size``."""
         n = int(x.shape[0])
         arrays = {v: self._array(buf, (n, *self.shapes[v])) for v, buf in self.buffers.items()}
+        arrays.update(self.constants)
         nn_ops.normalize(x, self.mean, self.std, self.scale, out=arrays[INPUT])
         for step in self.steps:
-            self._run_step(step, arrays)
+            if step.kind in _EXTENDED_KINDS or step.kind == "linear":
+                self._run_extended(step, arrays, n)
+            else:
+                self._run_step(step, arrays)
         logits = arrays[self.logits]
         grad = self._array(self.grad, (n, self.proxy.num_classes))
         loss = self._array(self.loss, (n,))
@@ -214,14 +274,68 @@ class Plan:
             embedding=arrays[self.embedding].get().reshape(n, -1),
         )
 
+    def _run_extended(self, step: _Step, arrays: dict[str, cl_array.Array], n: int) -> None:
+        """Linear (any leading axes) and the extended ops; inputs are viewed in the node's own input shapes."""
+        ins = [
+            arrays[v].reshape(1 if v in self.constants else n, *shape)
+            for v, shape in zip(step.inputs, step.in_shapes, strict=True)
+        ]
+        out = arrays[step.out].reshape(n, *step.out_shape)
+        a = step.attrs
+        kind = step.kind
+        if kind == "linear":
+            assert isinstance(step.weights, nn_ops.LinearWeights)
+            f = step.in_shapes[0][-1]
+            rows = n * math.prod(step.in_shapes[0][:-1])
+            nn_ops.linear(
+                ins[0].reshape(rows, f), step.weights, relu=step.relu, out=out.reshape(rows, step.weights.shape[0])
+            )
+        elif kind in nn_ext_ops.UNARY_MODES:
+            nn_ext_ops.unary(ins[0], kind, a["alpha"], a["beta"], out=out)
+        elif kind == "softmax":
+            nn_ext_ops.softmax(ins[0], out=out)
+        elif kind == "layernorm":
+            nn_ext_ops.layernorm(ins[0], a["weight"], a["bias"], a["eps"], out=out)
+        elif kind == "groupnorm":
+            nn_ext_ops.groupnorm(ins[0], a["weight"], a["bias"], a["groups"], a["eps"], out=out)
+        elif kind == "matmul":
+            nn_ext_ops.matmul(ins[0], ins[1], out=out)
+        elif kind == "attention":
+            q, k = step.in_shapes[0], step.in_shapes[1]
+            scores = self._array(self.scratch[step.node], (n, *q[:-1], k[-2]))
+            nn_ext_ops.attention(ins[0], ins[1], ins[2], a["alpha"], out=out, scores=scores)
+        elif kind == "binary":
+            rank = 1 + max(len(s) for s in step.in_shapes)
+            pair = [t.reshape(t.shape[0], *(1,) * (rank - len(t.shape)), *t.shape[1:]) for t in ins]
+            nn_ext_ops.binary(pair[0], pair[1], a["binary"], out=out)
+        elif kind == "embedding":
+            vocab, dim = a["wshape"]
+            nn_ext_ops.embedding(ins[0], a["weight"], vocab, dim, out=out)
+        elif kind == "permute":
+            nn_ext_ops.permute(ins[0], [0, *(d + 1 for d in a["dims"])], out=out)
+        elif kind == "concat":
+            nn_ext_ops.concat(ins, a["dims"][0] + 1, n, out=out)
+        elif kind == "slice":
+            axis, start, stop = a["dims"]
+            nn_ext_ops.slice_axis(ins[0], axis + 1, start, stop, out=out)
+        elif kind == "mean":
+            nn_ext_ops.mean(ins[0], [d + 1 for d in a["dims"]], out=out)
+        else:
+            raise InvalidArgumentError(f"the OpenCL engine has no kernel for op {kind!r} (node {step.node!r})")
+
     @staticmethod
     def _run_step(step: _Step, arrays: dict[str, cl_array.Array]) -> None:
         out = arrays[step.out]
-        x = arrays[step.inputs[0]]
+
+        def view(v: str, shape: tuple[int, ...]) -> cl_array.Array:
+            a = arrays[v]
+            return a if tuple(a.shape[1:]) == shape else a.reshape(a.shape[0], *shape)
+
+        x = view(step.inputs[0], step.in_shapes[0])
         if step.kind == "conv":
             assert isinstance(step.weights, nn_ops.ConvWeights)
             fn = nn_ops.conv1d if step.dims == 1 else nn_ops.conv2d
-            res = arrays[step.residual] if step.residual else None
+            res = view(step.residual, step.out_shape) if step.residual else None
             fn(x, step.weights, None, step.stride, step.padding, relu=step.relu, residual=res, out=out)
         elif step.kind == "linear":
             assert isinstance(step.weights, nn_ops.LinearWeights)
@@ -229,7 +343,7 @@ class Plan:
         elif step.kind == "relu":
             nn_ops.relu(x, out=out)
         elif step.kind == "add":
-            nn_ops.add(x, arrays[step.inputs[1]], relu=step.relu, out=out)
+            nn_ops.add(x, view(step.inputs[1], step.in_shapes[1]), relu=step.relu, out=out)
         elif step.kind in ("maxpool", "avgpool"):
             pool = {
                 ("maxpool", 1): nn_ops.maxpool1d,
@@ -274,4 +388,9 @@ class OpenCLEngine(Engine):
 
     def forward(self, proxy: Proxy, x: np.ndarray, labels: np.ndarray, batch_size: int) -> ProxyOutputs:
         """One batch; see :meth:`nessa.proxy.graph.Engine.forward`."""
+        if proxy.program:
+            raise InvalidArgumentError(
+                f"this proxy is a torch.export program ({proxy.program_reason} is outside the proxy vocabulary); "
+                "the OpenCL engine runs only graph proxies: use the torch engine"
+            )
         return self.plan(proxy, batch_size).run(x, labels)

@@ -58,7 +58,8 @@ from nessa.selection.registry import register
 
 __all__ = ["Crest", "CrestOptions", "QuadraticLossModel", "crest_adapt", "crest_should_reselect"]
 
-#: ``optimizer="auto"`` runs naive greedy on per-class ground sets up to this size and lazy greedy above.
+#: ``optimizer="auto"`` on the numpy backend runs naive greedy on per-class ground sets up to this size (lazy above);
+#: on OpenCL it always runs lazy greedy, one launch per ground set.
 NAIVE_MAX_GROUND = 512
 #: The pool size when not given: max(POOL_FRACTION·N, POOL_MINIBATCH_MULTIPLE·m) (CREST: r = 1 % of N ≈ 4·m).
 POOL_FRACTION = 0.01
@@ -189,7 +190,10 @@ class CrestOptions(Options):
     pool_size: int | float | None = option(None, "size", help="r per random pool (None: max(1 % of N, 4·m))")
     class_rule: str = option("equal", "choice", choices=PER_CLASS_RULES, help="per-class budget rule in a pool")
     optimizer: str = option(
-        "auto", "choice", choices=("auto", "lazy", "naive", "stochastic"), help="greedy (auto: naive on small sets)"
+        "auto",
+        "choice",
+        choices=("auto", "lazy", "naive", "stochastic"),
+        help="greedy (auto: lazy; naive on small sets with numpy)",
     )
     epsilon: float = option(0.1, "number", low=0.0, high=1.0, help="stochastic greedy's ε")
     similarity_param: float | None = option(None, "number", low=0.0, open_low=True, help="D of exp(−d/D)")
@@ -219,9 +223,9 @@ class Crest(Selector):
         pool_size: r, examples per random pool: a count, a fraction of the candidates, or ``None`` for
             max(1 % of N, 4·m).
         class_rule: per-class budget rule inside a pool: ``"equal"`` (code) or ``"proportional"``.
-        optimizer: facility-location greedy: ``"auto"`` (naive greedy for ground sets of at most
-            ``NAIVE_MAX_GROUND`` elements, else lazy: the same picks, since lazy greedy returns exactly the naive
-            order, but fewer kernel launches on CREST's small per-class pools), ``"lazy"`` (code), ``"naive"`` or
+        optimizer: facility-location greedy: ``"auto"`` (lazy greedy, one device launch per ground set; with the
+            numpy backend naive greedy for ground sets of at most ``NAIVE_MAX_GROUND`` elements, faster there: the
+            same picks either way, since lazy greedy returns exactly the naive order), ``"lazy"`` (code), ``"naive"`` or
             ``"stochastic"``.
         epsilon: stochastic greedy's ε.
         similarity_param: D of the exp(−d/D) kernel (``None``: the gradient dimension, as submodlib).
@@ -328,7 +332,8 @@ class Crest(Selector):
     def _optimizer(self, ground: int) -> str:
         name = str(self.config["optimizer"])
         if name == "auto":
-            return "naive" if ground <= NAIVE_MAX_GROUND else "lazy"
+            small = ground <= NAIVE_MAX_GROUND and self.config["backend"] == "numpy"
+            return "naive" if small else "lazy"
         return name
 
     @staticmethod

@@ -18,6 +18,8 @@ path, never the absolute path of the data directory. Reads are thread-safe.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Sequence
@@ -34,6 +36,55 @@ from nessa.store.lmdbenv import DATA_FILE, DEFAULT_MAX_READERS
 from nessa.store.manifest import LABELS_FILE, SIZES_FILE, Codec, Manifest, encode_keys
 
 __all__ = ["DatasetReader", "open_dataset"]
+
+
+class _ShardMap:
+    """A shard's values located in LMDB's memory map: value ``i`` of the shard is ``view[offsets[i]:+size]``.
+
+    Built by one cursor pass over the shard (read-only, no writer ever: the map does not move while ``env`` is
+    open). ``view`` is a read-only view of the span of the map holding the values, valid while ``env`` stays open
+    (the reader keeps it open until :meth:`DatasetReader.close`, and drops the map with it).
+    """
+
+    def __init__(self, env: Any, first_index: int, view: memoryview | None, offsets: np.ndarray) -> None:
+        self.env = env
+        self.first_index = first_index
+        self.view = view
+        self.offsets = offsets
+
+    @property
+    def usable(self) -> bool:
+        return self.view is not None
+
+    @classmethod
+    def build(cls, env: Any, first_index: int, count: int, sizes: np.ndarray) -> _ShardMap:
+        """Scan the shard and locate its values.
+
+        Unusable (``view`` None) unless its keys are exactly the ``count`` its manifest says, each with its size from
+        ``sizes.npy``: reads then take the LMDB path, which names what is wrong.
+        """
+        unusable = cls(env, first_index, None, np.zeros(0, np.int64))
+        addresses: list[int] = []
+        stop = min(first_index + count, len(sizes))
+        with env.begin(buffers=True) as txn:
+            expect = first_index
+            for key, value in txn.cursor():
+                if expect >= stop or int.from_bytes(key, "big") != expect or len(value) != sizes[expect]:
+                    return unusable
+                addresses.append(np.frombuffer(value, np.uint8).ctypes.data if len(value) else 0)
+                expect += 1
+        if not addresses or len(addresses) != count:
+            return unusable
+        addr = np.asarray(addresses, dtype=np.int64)
+        n = sizes[first_index : first_index + len(addr)]
+        nonempty = n > 0
+        if not nonempty.any():
+            return unusable
+        lo = int(addr[nonempty].min())
+        hi = int((addr + n)[nonempty].max())
+        span = (ctypes.c_char * (hi - lo)).from_address(lo)
+        offsets = np.where(nonempty, addr - lo, 0)
+        return cls(env, first_index, memoryview(span).cast("B").toreadonly(), offsets)
 
 
 def _damaged(dataset: str, rel: str, what: str) -> DataCorruptionError:
@@ -111,6 +162,7 @@ class DatasetReader:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._envs: list[tuple[tuple[int, int], lmdb.Environment] | None] = [None] * len(self.manifest.shards)
+        self._maps: list[_ShardMap | None] = [None] * len(self.manifest.shards)
         self._closed = False
 
     # -- facts -------------------------------------------------------------------------------------------------
@@ -219,6 +271,7 @@ class DatasetReader:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's environments are not ours to use or release
                 self._envs = [None] * len(self._envs)
+                self._maps = [None] * len(self._maps)
                 self._pid = os.getpid()
             held = self._envs[shard]
             if held is None:
@@ -242,7 +295,88 @@ class DatasetReader:
                 that does not match its checksum; the message names the dataset, the shard and the index.
         """
         idx = self._check(indices)
-        out: list[bytes] = [b""] * len(idx)
+        with contextlib.ExitStack() as txns:
+            return self._values(idx, txns, buffers=False)
+
+    def read_joined(self, indices: Sequence[int] | np.ndarray, prefix: bytes = b"") -> bytes:
+        """``prefix`` and then the stored bytes of each index back to back, in the order given, as one ``bytes``.
+
+        The values are read as views of the LMDB memory map, checked like :meth:`read`, and copied once, by the join.
+        A stream message is built this way: its head (which needs only the sizes, known from ``sizes.npy``) is the
+        prefix. For a dataset with per-sample checksums, the first read of a shard locates every value of the shard
+        in the map (one cursor pass, about 2 s per million samples here; 8 bytes per sample kept), and later reads
+        slice the map without an LMDB lookup (each value still checked against its checksum); otherwise the values
+        come from ``Cursor.getmulti`` with ``buffers=True`` inside the read transactions.
+
+        Raises:
+            The errors of :meth:`read`.
+        """
+        idx = self._check(indices)
+        if self._checksums is not None and idx.size:
+            values = self._mapped_values(idx)
+            if values is not None:
+                return b"".join([prefix, *values])
+        with contextlib.ExitStack() as txns:
+            values = self._values(idx, txns, buffers=True)
+            return b"".join([prefix, *values]) if values else bytes(prefix)
+
+    def _shard_map(self, shard: int) -> _ShardMap | None:
+        """Where each value of ``shard`` lies in LMDB's memory map (built once per process; ``None``: not usable)."""
+        env = self._env(shard)
+        with self._lock:
+            held = self._maps[shard]
+            if held is not None and held.env is env:
+                return held if held.usable else None
+        info = self.manifest.shards[shard]
+        built = _ShardMap.build(env, info.first_index, info.count, self._sizes)
+        with self._lock:
+            if self._envs[shard] is not None and self._envs[shard][1] is env:  # type: ignore[index]
+                self._maps[shard] = built
+        return built if built.usable else None
+
+    def _mapped_values(self, idx: np.ndarray) -> list[memoryview] | None:
+        """The checked values of ``idx`` as views of the LMDB maps (no lookup), or ``None`` to take the LMDB path.
+
+        Only for datasets with per-sample checksums: every view is checked against its checksum, so a view that were
+        ever wrong would be a :class:`SampleCorruptionError`, never wrong data.
+        """
+        shard_ids = np.searchsorted(self._starts, idx, side="right") - 1
+        first, last = int(shard_ids.min()), int(shard_ids.max())
+        maps = [self._shard_map(sh) for sh in range(first, last + 1)]
+        if any(m is None for m in maps):
+            return None
+        sizes = self._sizes[idx].tolist()
+        if first == last:
+            m = maps[0]
+            assert m is not None and m.view is not None
+            starts = m.offsets[idx - m.first_index].tolist()
+            view = m.view
+            values = [view[a : a + n] for a, n in zip(starts, sizes, strict=True)]
+        else:
+            starts = np.empty(len(idx), dtype=np.int64)
+            views = []
+            for m in maps:
+                assert m is not None and m.view is not None
+                views.append(m.view)
+                local = (idx >= m.first_index) & (idx < m.first_index + len(m.offsets))
+                starts[local] = m.offsets[idx[local] - m.first_index]
+            which = (shard_ids - first).tolist()
+            values = [views[w][a : a + n] for w, a, n in zip(which, starts.tolist(), sizes, strict=True)]
+        sums = _checksum.checksums(values, len(values))
+        checksums = self._checksums
+        assert checksums is not None
+        want = checksums[idx]
+        if not np.array_equal(sums, want):
+            bad = np.flatnonzero(sums != want)
+            shard = int(shard_ids[bad[0]])
+            raise _checksum.SampleCorruptionError(
+                self.name, shard, [int(i) for i in np.unique(idx[bad][shard_ids[bad] == shard])]
+            )
+        return values
+
+    def _values(self, idx: np.ndarray, txns: contextlib.ExitStack, buffers: bool) -> list[Any]:
+        """The checked values of ``idx`` in order; with ``buffers``, views valid while ``txns`` stays open."""
+        out: list[Any] = [b""] * len(idx)
         if not idx.size:
             return out
         shard_ids = np.searchsorted(self._starts, idx, side="right") - 1
@@ -253,8 +387,8 @@ class DatasetReader:
             wanted = idx[group]
             unique, inverse = np.unique(wanted, return_inverse=True)
             env = self._env(shard)
-            with env.begin(buffers=False) as txn:
-                found = txn.cursor().getmulti(encode_keys(unique))
+            txn: Any = txns.enter_context(env.begin(buffers=True) if buffers else env.begin(buffers=False))
+            found = txn.cursor().getmulti(encode_keys(unique))
             if len(found) != len(unique):
                 self._missing(shard, unique, found)
             values = [v for _k, v in found]
@@ -273,11 +407,14 @@ class DatasetReader:
                 if not np.array_equal(sums, want):
                     bad = unique[np.flatnonzero(sums != want)]
                     raise _checksum.SampleCorruptionError(self.name, shard, [int(i) for i in bad])
-            for pos, k in zip(group.tolist(), inverse.tolist(), strict=True):
-                out[pos] = values[k]
+            if len(group) == len(idx) and len(unique) == len(idx):  # one shard, no duplicates: order by inverse
+                out = [values[k] for k in inverse.tolist()]
+            else:
+                for pos, k in zip(group.tolist(), inverse.tolist(), strict=True):
+                    out[pos] = values[k]
         return out
 
-    def _missing(self, shard: int, unique: np.ndarray, found: list[tuple[bytes, bytes]]) -> None:
+    def _missing(self, shard: int, unique: np.ndarray, found: list[tuple[Any, Any]]) -> None:
         have = {int.from_bytes(k, "big") for k, _v in found}
         gone = [int(i) for i in unique if int(i) not in have]
         raise _damaged(
@@ -329,6 +466,7 @@ class DatasetReader:
                     if held is not None:
                         lmdbenv.release(held[0])
             self._envs = [None] * len(self._envs)
+            self._maps = [None] * len(self._maps)
             self._closed = True
 
     def __enter__(self) -> DatasetReader:

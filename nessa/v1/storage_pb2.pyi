@@ -23,7 +23,7 @@ class DescribeDatasetRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "num_samples", "num_classes", "class_names", "class_counts", "codec", "sample_shape", "dtype", "total_bytes", "num_shards", "proxy_version")
+    __slots__ = ("name", "num_samples", "num_classes", "class_names", "class_counts", "codec", "sample_shape", "dtype", "total_bytes", "num_shards", "proxy_version", "source_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class DatasetInfo(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_samples: int
     num_classes: int
@@ -46,7 +47,8 @@ class DatasetInfo(_message.Message):
     total_bytes: int
     num_shards: int
     proxy_version: int
-    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., total_bytes: _Optional[int] = ..., num_shards: _Optional[int] = ..., proxy_version: _Optional[int] = ...) -> None: ...
+    source_json: str
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., sample_shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., total_bytes: _Optional[int] = ..., num_shards: _Optional[int] = ..., proxy_version: _Optional[int] = ..., source_json: _Optional[str] = ...) -> None: ...
 
 class ProxyChunk(_message.Message):
     __slots__ = ("dataset", "version", "data", "total_size", "sha256")
@@ -265,23 +267,94 @@ class StreamRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., selection_id: _Optional[str] = ..., indices: _Optional[_Union[IndexList, _Mapping]] = ..., batch_size: _Optional[int] = ..., shuffle_seed: _Optional[int] = ..., cursor: _Optional[str] = ..., max_batch_bytes: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ..., metadata_only: _Optional[bool] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
-    __slots__ = ("indices", "labels", "weights", "samples", "piece_offset", "sample_size", "cursor", "position", "total")
+    __slots__ = ("indices", "labels", "weights", "offsets", "piece_offset", "sample_size", "cursor", "position", "total", "data")
     INDICES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
     PIECE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
-    indices: _containers.RepeatedScalarFieldContainer[int]
-    labels: _containers.RepeatedScalarFieldContainer[int]
-    weights: _containers.RepeatedScalarFieldContainer[float]
-    samples: _containers.RepeatedScalarFieldContainer[bytes]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    indices: bytes
+    labels: bytes
+    weights: bytes
+    offsets: bytes
     piece_offset: int
     sample_size: int
     cursor: str
     position: int
     total: int
-    def __init__(self, indices: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., samples: _Optional[_Iterable[bytes]] = ..., piece_offset: _Optional[int] = ..., sample_size: _Optional[int] = ..., cursor: _Optional[str] = ..., position: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    data: bytes
+    def __init__(self, indices: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., offsets: _Optional[bytes] = ..., piece_offset: _Optional[int] = ..., sample_size: _Optional[int] = ..., cursor: _Optional[str] = ..., position: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DistillRequest(_message.Message):
+    __slots__ = ("dataset", "method", "ipc", "stages", "seed", "options", "output", "overwrite")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IPC_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    method: str
+    ipc: int
+    stages: int
+    seed: int
+    options: _containers.ScalarMap[str, str]
+    output: str
+    overwrite: bool
+    def __init__(self, dataset: _Optional[str] = ..., method: _Optional[str] = ..., ipc: _Optional[int] = ..., stages: _Optional[int] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., output: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+
+class DistillJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DistillJob(_message.Message):
+    __slots__ = ("job_id", "dataset", "method", "ipc", "stages", "seed", "state", "progress", "phase", "error", "output", "stage_datasets", "learned_lr", "seconds", "real_bytes_read", "synthetic_bytes_written")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IPC_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_LR_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REAL_BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    dataset: str
+    method: str
+    ipc: int
+    stages: int
+    seed: int
+    state: str
+    progress: float
+    phase: str
+    error: str
+    output: str
+    stage_datasets: _containers.RepeatedScalarFieldContainer[str]
+    learned_lr: _containers.RepeatedScalarFieldContainer[float]
+    seconds: float
+    real_bytes_read: int
+    synthetic_bytes_written: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., method: _Optional[str] = ..., ipc: _Optional[int] = ..., stages: _Optional[int] = ..., seed: _Optional[int] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., phase: _Optional[str] = ..., error: _Optional[str] = ..., output: _Optional[str] = ..., stage_datasets: _Optional[_Iterable[str]] = ..., learned_lr: _Optional[_Iterable[float]] = ..., seconds: _Optional[float] = ..., real_bytes_read: _Optional[int] = ..., synthetic_bytes_written: _Optional[int] = ...) -> None: ...

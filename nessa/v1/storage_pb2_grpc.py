@@ -74,6 +74,21 @@ class StorageStub:
                 request_serializer=nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.Distill = channel.unary_unary(
+                '/nessa.v1.Storage/Distill',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.DistillRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
+                _registered_method=True)
+        self.GetDistillJob = channel.unary_unary(
+                '/nessa.v1.Storage/GetDistillJob',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.DistillJobRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
+                _registered_method=True)
+        self.CancelDistillJob = channel.unary_unary(
+                '/nessa.v1.Storage/CancelDistillJob',
+                request_serializer=nessa_dot_v1_dot_storage__pb2.DistillJobRequest.SerializeToString,
+                response_deserializer=nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -135,6 +150,27 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Distill(self, request, context):
+        """Start a distillation job (PDD over MTT, MTT, DM) on a stored dataset; returns at once with the job's id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDistillJob(self, request, context):
+        """A distillation job's state and progress (kept across daemon restarts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelDistillJob(self, request, context):
+        """Ask a running job to stop; nothing of it is published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +213,21 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.FromString,
                     response_serializer=nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'Distill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Distill,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.DistillRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.DistillJob.SerializeToString,
+            ),
+            'GetDistillJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDistillJob,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.DistillJobRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.DistillJob.SerializeToString,
+            ),
+            'CancelDistillJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelDistillJob,
+                    request_deserializer=nessa_dot_v1_dot_storage__pb2.DistillJobRequest.FromString,
+                    response_serializer=nessa_dot_v1_dot_storage__pb2.DistillJob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +446,87 @@ class Storage:
             '/nessa.v1.Storage/ListSessions',
             nessa_dot_v1_dot_storage__pb2.ListSessionsRequest.SerializeToString,
             nessa_dot_v1_dot_storage__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Distill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/Distill',
+            nessa_dot_v1_dot_storage__pb2.DistillRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDistillJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/GetDistillJob',
+            nessa_dot_v1_dot_storage__pb2.DistillJobRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelDistillJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nessa.v1.Storage/CancelDistillJob',
+            nessa_dot_v1_dot_storage__pb2.DistillJobRequest.SerializeToString,
+            nessa_dot_v1_dot_storage__pb2.DistillJob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nessa.errors import InvalidArgumentError
+from nessa.services.storage.link import parse_rate
 
-__all__ = ["ENV_TOKEN", "MIB", "STATE_DIR_NAME", "DaemonConfig", "read_token_file"]
+__all__ = ["ENV_TOKEN", "MAX_WORKERS", "MIB", "STATE_DIR_NAME", "DaemonConfig", "read_token_file"]
 
 MIB = 1 << 20
 ENV_TOKEN = "NESSA_TOKEN"
 #: Hidden directory under the data directory where the daemon keeps proxies and selections across restarts.
 STATE_DIR_NAME = ".nessa-state"
+#: Most stream worker processes (``--workers``).
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class DaemonConfig:
         grace_seconds: on shutdown, how long in-flight calls may finish.
         drain_seconds: on shutdown, how long health reports NOT_SERVING before new calls are refused.
         warmup: build the OpenCL kernels before reporting SERVING.
+        workers: processes serving streams (1: this one only). With N > 1 the daemon starts N - 1 stream worker
+            processes that share the port (``SO_REUSEPORT``): each serves StreamSamples itself and forwards every
+            other call to this process, where selection jobs, sessions and proxies live (see ``docs/streaming.md``).
+        link_rate: emulate a storage link of this rate (e.g. ``1Gbit``, ``10Gbit``, ``125MB/s``; "" for none):
+            stream messages and pushed proxy chunks are paced by a token bucket, one per direction, shared by the
+            workers (an emulation: rate only, see :mod:`nessa.services.storage.link`).
     """
 
     data_dir: Path
@@ -94,6 +103,8 @@ class DaemonConfig:
     grace_seconds: float = 10.0
     drain_seconds: float = 1.0
     warmup: bool = True
+    workers: int = 1
+    link_rate: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -138,6 +149,12 @@ class DaemonConfig:
         ):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise InvalidArgumentError(
+                f"workers must be in [1, {MAX_WORKERS}]; got {self.workers} (one per core the streams may use)"
+            )
+        if self.link_rate:
+            parse_rate(self.link_rate)  # a clear error now, not at the first stream
         if self.state_dir is None:
             object.__setattr__(self, "state_dir", self.data_dir / STATE_DIR_NAME)
         else:
@@ -147,6 +164,11 @@ class DaemonConfig:
     def max_batch_bytes(self) -> int:
         """Most sample payload one stream message may carry: the message limit less 64 KiB for metadata."""
         return self.max_message_bytes - 64 * 1024
+
+    @property
+    def link_bytes_per_second(self) -> float | None:
+        """The emulated link's rate in bytes per second, or ``None`` for no pacing."""
+        return parse_rate(self.link_rate) if self.link_rate else None
 
     @property
     def tls(self) -> bool:

@@ -31,6 +31,7 @@ from nessa.proxy import Proxy, loads
 from nessa.proxy.format import Limits, check_bounds, check_input_dtype, estimate_forward
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
+from nessa.store.images import IMAGE_CODECS, decode_images
 
 __all__ = ["DRY_RUN_SAMPLES", "ProxyChunkData", "ProxyLimits", "ProxyRecord", "ProxyStore", "check_proxy_fits"]
 
@@ -110,8 +111,23 @@ def check_proxy_fits(proxy: Proxy, entry: DatasetEntry, limits: ProxyLimits | No
             message gives the figure and the limit).
     """
     lim = limits or ProxyLimits()
-    proxy.validate_for(input_shape=entry.sample_shape, num_classes=entry.num_classes)
-    check_input_dtype(proxy, entry.dtype, f"dataset {entry.name!r}")
+    if proxy.head_only:
+        proxy.validate_for(num_classes=entry.num_classes)
+        idx, _ = proxy.features()
+        if idx.max() >= len(entry):
+            raise InvalidArgumentError(
+                f"the head-only proxy has features for index {int(idx.max())} but dataset {entry.name!r} has "
+                f"{len(entry)} samples"
+            )
+    elif entry.codec in IMAGE_CODECS:
+        # Encoded images: their decoded (H, W, C) is known only from the proxy's crop (else: at the dry run).
+        prep = proxy.image_prep
+        shape = prep.shape if prep is not None else None
+        proxy.validate_for(input_shape=shape, num_classes=entry.num_classes)
+        check_input_dtype(proxy, entry.codec, f"dataset {entry.name!r}")
+    else:
+        proxy.validate_for(input_shape=entry.sample_shape, num_classes=entry.num_classes)
+        check_input_dtype(proxy, entry.dtype, f"dataset {entry.name!r}")
     check_bounds(proxy, lim.graph)
     cost = estimate_forward(proxy, max(1, min(lim.batch_size, len(entry))))
     if cost.memory_bytes > lim.max_forward_bytes:
@@ -130,6 +146,24 @@ def check_proxy_fits(proxy: Proxy, entry: DatasetEntry, limits: ProxyLimits | No
         )
 
 
+def read_inputs(entry: DatasetEntry, proxy: Proxy, indices: np.ndarray) -> np.ndarray:
+    """The proxy's raw input samples at ``indices``: stored arrays, or PNG/JPEG decoded with the proxy's prep."""
+    if proxy.head_only:
+        # The trainer sent the per-sample features: no sample is read.
+        have, feats = proxy.features()
+        pos = {int(v): i for i, v in enumerate(have)}
+        missing = [int(i) for i in np.asarray(indices) if int(i) not in pos]
+        if missing:
+            raise InvalidArgumentError(
+                f"the head-only proxy carries no features for {len(missing)} candidate(s) (e.g. index {missing[0]}); "
+                "send features for every candidate"
+            )
+        return feats[[pos[int(i)] for i in np.asarray(indices)]]
+    if entry.codec in IMAGE_CODECS:
+        return decode_images(entry.reader.read(indices), proxy.image_prep)
+    return entry.reader.read_arrays(indices)
+
+
 def dry_run(proxy: Proxy, entry: DatasetEntry, engine: Any, samples: int = DRY_RUN_SAMPLES) -> None:
     """Run ``proxy`` with ``engine`` on a few samples spread over the dataset; raise unless it works.
 
@@ -139,8 +173,11 @@ def dry_run(proxy: Proxy, entry: DatasetEntry, engine: Any, samples: int = DRY_R
     """
     n = len(entry)
     idx = np.unique(np.linspace(0, n - 1, num=min(samples, n)).astype(np.int64))
-    x = entry.reader.read_arrays(idx)
+    if proxy.head_only:  # the samples it carries features for
+        have = np.sort(proxy.features()[0])
+        idx = np.unique(have[np.linspace(0, len(have) - 1, num=min(samples, len(have))).astype(np.int64)])
     try:
+        x = read_inputs(entry, proxy, idx)
         out = engine.run(proxy, x, entry.labels[idx])
         logits = np.asarray(out.logits)
     except DataCorruptionError:
@@ -169,7 +206,8 @@ class ProxyStore:
         state_dir: the daemon's state directory.
         max_bytes: the largest proxy accepted.
         limits: what one proxy may cost (bounds, memory and compute per batch).
-        engine: ``engine() -> ProxyEngine`` for the dry run (the engine selections use); ``None``: no dry run.
+        engine: ``engine(name="") -> ProxyEngine`` for the dry run (the default engine selections use; "torch" for a
+            torch.export program proxy); ``None``: no dry run.
     """
 
     def __init__(
@@ -277,7 +315,8 @@ class ProxyStore:
                 "export the proxy with the version you push"
             )
         if self._engine is not None:
-            dry_run(proxy, entry, self._engine())
+            # A torch.export program runs only on the torch engine (a daemon without torch rejects it here).
+            dry_run(proxy, entry, self._engine("torch") if proxy.program else self._engine())
         record = ProxyRecord(dataset=entry.name, version=proxy_version, sha256=actual, size=len(data), proxy=proxy)
         with self._lock:
             previous = self._records.get(entry.name)

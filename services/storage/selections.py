@@ -45,7 +45,7 @@ from nessa.selection.registry import create
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
 from nessa.services.storage.engines import EnginePool
-from nessa.services.storage.proxies import ProxyRecord, ProxyStore
+from nessa.services.storage.proxies import ProxyRecord, ProxyStore, read_inputs
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.sessions import WHOLE, SessionState, SessionStore
 
@@ -158,6 +158,15 @@ class SelectionService:
         needs_proxy = list(plan_inputs(params.method, selector.required_inputs()).from_proxy)
         record = self._proxy(entry, params, needs_proxy) if needs_proxy else None
         engine_name = (params.engine or self.engines.default) if needs_proxy else ""
+        if record is not None and record.proxy.program:
+            # A torch.export program (an op outside the vocabulary): only the torch engine runs it.
+            if params.engine and params.engine != "torch":
+                raise InvalidArgumentError(
+                    f"the proxy of dataset {entry.name!r} is a torch.export program ({record.proxy.program_reason} is "
+                    f"outside the proxy vocabulary), which engine {params.engine!r} cannot run; ask for engine "
+                    "'torch' or none, or export a model within the vocabulary (docs/models-and-images.md)"
+                )
+            engine_name = "torch"
         if needs_proxy:
             EnginePool._check(engine_name)
         key = {
@@ -330,7 +339,7 @@ class SelectionService:
             candidate_bytes=0,
             budget_rule=rule,
             options=_jsonable(subset.options or selector.config),
-            extras=_jsonable(subset.extras),
+            extras=_jsonable({**subset.extras, **_engine_extras(record, engine_name)}),
         )
 
     def _forward(
@@ -358,7 +367,7 @@ class SelectionService:
             cancel.check()
             batch = positions[lo : lo + self.proxy_batch_size]
             t0 = time.perf_counter()
-            x = entry.reader.read_arrays(candidates[batch])
+            x = read_inputs(entry, record.proxy, candidates[batch])
             t1 = time.perf_counter()
             out = engine.run(record.proxy, x, labels[batch])
             t2 = time.perf_counter()
@@ -400,3 +409,13 @@ def _fresh(params: SelectionParams, states: dict[str, Any] | None, part: str) ->
     if saved is not None:
         selector.load_state_dict(saved)
     return selector
+
+
+def _engine_extras(record: ProxyRecord | None, engine_name: str) -> dict[str, Any]:
+    """What the reply says about the proxy path: the engine, and whether the OpenCL (near-storage) path ran."""
+    if record is None:
+        return {}
+    extras: dict[str, Any] = {"proxy_engine": engine_name, "opencl_used": engine_name == "opencl"}
+    if record.proxy.program:
+        extras["proxy_program"] = f"torch.export program: {record.proxy.program_reason} is outside the vocabulary"
+    return extras

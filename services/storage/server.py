@@ -23,20 +23,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nessa.errors import FailedPreconditionError
-from nessa.metrics import STORAGE_REGISTRY, initialize_storage_series, start_metrics_server
+from nessa.metrics import LINK_RATE, STORAGE_REGISTRY, STREAM_WORKERS, initialize_storage_series, start_metrics_server
 from nessa.proxy.engine import ENGINES
 from nessa.selection import available
 from nessa.services.storage.catalog import Catalog
 from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.distill_jobs import DistillService
 from nessa.services.storage.engines import EnginePool
-from nessa.services.storage.interceptors import ErrorInterceptor, TokenInterceptor
+from nessa.services.storage.link import Link, format_rate
 from nessa.services.storage.proxies import ProxyLimits, ProxyStore
 from nessa.services.storage.rpc_metrics import RpcMetricsInterceptor
 from nessa.services.storage.selection_store import SelectionStore
 from nessa.services.storage.selections import SelectionService
 from nessa.services.storage.servicer import StorageServicer, add_to_server
 from nessa.services.storage.sessions import SessionStore
-from nessa.services.storage.slots import SlotInterceptor
+from nessa.services.storage.slots import SlotInterceptor, fair_server
+from nessa.services.storage.workers import WorkerPool, shared_link_cells
 from nessa.store.atomic import recover_stale
 from nessa.v1 import storage_pb2
 
@@ -45,10 +47,6 @@ __all__ = ["SERVICE_NAME", "StorageDaemon", "serve"]
 log = logging.getLogger("nessa.storage")
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
-#: Control-pool threads beyond the reflection streams (health checks, token refusals).
-_CONTROL_THREADS = 4
-#: Handler threads beyond the Storage slots (calls over a limit are refused on them).
-_SPARE_THREADS = 4
 
 
 class StorageDaemon:
@@ -82,8 +80,14 @@ class StorageDaemon:
             proxy_batch_size=config.proxy_batch_size,
             sessions=SessionStore(config.state_path / "sessions", config.max_sessions),
         )
+        rate = config.link_bytes_per_second
+        cells = shared_link_cells() if rate is not None else None
+        self.link = Link(rate, cells=cells) if rate is not None else None
+        self.workers = WorkerPool(config, cells) if config.workers > 1 else None
+        self.distill = DistillService(self.catalog, config.state_path / "distill")
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.port = 0
+        self.internal_port = 0
         self.metrics_port: int | None = None
         self.ready = threading.Event()
         self._server: grpc.Server | None = None
@@ -115,34 +119,16 @@ class StorageDaemon:
         self._recover_staging()
         names = self.catalog.refresh()
         log.info("data directory %s: %d dataset(s): %s", cfg.data_dir, len(names), ", ".join(names) or "none")
-        # Health, reflection and refusals run on a small pool of their own, so Storage calls cannot starve them.
-        self._control_pool = futures.ThreadPoolExecutor(
-            max_workers=cfg.max_reflection_streams + _CONTROL_THREADS, thread_name_prefix="nessa-control"
+        # Stream workers share the port; a lone daemon refuses a port in use instead.
+        server, self.slots, self._control_pool = fair_server(
+            cfg, thread_prefix="nessa-rpc", reuseport=self.workers is not None, first=[RpcMetricsInterceptor()]
         )
-        self.slots = SlotInterceptor(
-            max_calls=cfg.max_workers,
-            max_streams_per_client=cfg.max_streams_per_client,
-            idle_seconds=cfg.stream_idle_seconds,
-            max_health_watches=cfg.max_health_watches,
-            max_reflection_streams=cfg.max_reflection_streams,
-            control_pool=self._control_pool,
+        failed = self.distill.restore()
+        if failed:
+            log.info("distillation jobs interrupted by the last stop, now reported: %s", ", ".join(failed))
+        add_to_server(
+            StorageServicer(cfg, self.catalog, self.proxies, self.selections, self.distill, link=self.link), server
         )
-        interceptors: list[grpc.ServerInterceptor] = [RpcMetricsInterceptor()]  # first: sees every status
-        if cfg.token:
-            interceptors.append(TokenInterceptor(cfg.token, pool=self._control_pool))  # before any slot is taken
-        redact = tuple(str(p) for d in (cfg.data_dir, cfg.state_path) for p in {d, d.resolve()})
-        interceptors += [ErrorInterceptor(redact), self.slots]  # the ErrorInterceptor maps slot refusals
-        server = grpc.server(
-            # One thread per Storage slot, plus a few so that calls over the limit are refused at once.
-            futures.ThreadPoolExecutor(max_workers=cfg.max_workers + _SPARE_THREADS, thread_name_prefix="nessa-rpc"),
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        add_to_server(StorageServicer(cfg, self.catalog, self.proxies, self.selections), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -163,8 +149,22 @@ class StorageDaemon:
             )
         self.port = port
         self.slots.watchdog.start()
+        if self.workers is not None:  # where the workers forward what they do not serve themselves
+            self.internal_port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self._server = server
+        LINK_RATE.set(self.link.rate if self.link is not None else 0)
+        STREAM_WORKERS.set(cfg.workers)
+        if self.link is not None:
+            log.info(
+                "emulating a storage link of %s each way (--link-rate %s)", format_rate(self.link.rate), cfg.link_rate
+            )
+        if self.workers is not None:
+            try:
+                self.workers.start(port, f"127.0.0.1:{self.internal_port}")
+            except Exception:
+                server.stop(0)
+                raise
         if cfg.metrics_port is not None:
             self._metrics = start_metrics_server(cfg.metrics_port, STORAGE_REGISTRY, host=cfg.host)
             self.metrics_port = int(self._metrics.server_port)
@@ -217,12 +217,15 @@ class StorageDaemon:
         drain = self.config.drain_seconds if drain is None else drain
         if drain > 0 and self._server is not None:
             time.sleep(drain)
+        if self.workers is not None:
+            self.workers.stop(self.config.grace_seconds if grace is None else grace)
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
         if self.slots is not None:
             self.slots.watchdog.stop()
         if self._control_pool is not None:
             self._control_pool.shutdown(wait=False, cancel_futures=True)
+        self.distill.stop(timeout=self.config.grace_seconds if grace is None else grace)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()

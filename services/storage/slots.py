@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -30,7 +30,14 @@ import grpc
 
 from nessa.errors import BusyError
 from nessa.metrics import STALLED_STREAMS
-from nessa.services.storage.interceptors import HEALTH_PREFIX, quote, rewrap_handler
+from nessa.services.storage.config import DaemonConfig
+from nessa.services.storage.interceptors import (
+    HEALTH_PREFIX,
+    ErrorInterceptor,
+    TokenInterceptor,
+    quote,
+    rewrap_handler,
+)
 from nessa.wire import CLIENT_METADATA, RETRY_METADATA
 
 __all__ = ["CLIENT_METADATA", "REFLECTION_PREFIX", "IdleWatchdog", "SlotInterceptor", "client_key"]
@@ -356,3 +363,49 @@ class SlotInterceptor(grpc.ServerInterceptor):
             return run
 
         return rewrap_handler(handler, wrap)
+
+
+#: Control-pool threads beyond the reflection streams (health checks, token refusals).
+CONTROL_THREADS = 4
+#: Handler threads beyond the Storage slots (calls over a limit are refused on them).
+SPARE_THREADS = 4
+
+
+def fair_server(
+    cfg: DaemonConfig, *, thread_prefix: str, reuseport: bool, first: Sequence[grpc.ServerInterceptor] = ()
+) -> tuple[grpc.Server, SlotInterceptor, futures.ThreadPoolExecutor]:
+    """A gRPC server with the daemon's interceptor chain: ``first``, the token check, errors, then the slots.
+
+    Health, reflection and refusals run on a small control pool of their own, so Storage calls cannot starve them;
+    the handler pool has one thread per Storage slot plus a few, so calls over a limit are refused at once. The
+    caller registers its services, binds, and starts the watchdog (``slots.watchdog.start()``) with the server.
+
+    Returns:
+        The server, its slot interceptor and its control pool (shut it down after the server).
+    """
+    control = futures.ThreadPoolExecutor(
+        max_workers=cfg.max_reflection_streams + CONTROL_THREADS, thread_name_prefix=f"{thread_prefix}-control"
+    )
+    slots = SlotInterceptor(
+        max_calls=cfg.max_workers,
+        max_streams_per_client=cfg.max_streams_per_client,
+        idle_seconds=cfg.stream_idle_seconds,
+        max_health_watches=cfg.max_health_watches,
+        max_reflection_streams=cfg.max_reflection_streams,
+        control_pool=control,
+    )
+    interceptors: list[grpc.ServerInterceptor] = list(first)
+    if cfg.token:
+        interceptors.append(TokenInterceptor(cfg.token, pool=control))  # before any slot is taken
+    redact = tuple(str(p) for d in (cfg.data_dir, cfg.state_path) for p in {d, d.resolve()})
+    interceptors += [ErrorInterceptor(redact), slots]  # the ErrorInterceptor maps slot refusals
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.max_workers + SPARE_THREADS, thread_name_prefix=thread_prefix),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuseport else 0),
+        ],
+    )
+    return server, slots, control

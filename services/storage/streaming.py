@@ -25,8 +25,10 @@ import numpy as np
 
 from nessa.errors import InvalidArgumentError, OutOfRangeError, ResourceExhaustedError
 from nessa.order import Partition, stream_positions
+from nessa.packed import encode_head
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import DatasetEntry
+from nessa.store import DatasetReader
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -50,34 +52,57 @@ _CURSOR_RE = re.compile(r"^([0-9a-f]{16})\.([0-9]{1,19})$")
 
 @dataclass
 class OutgoingBatch:
-    """One message's worth of a stream.
+    """One message's worth of a stream; :meth:`encode` reads its samples and serializes it.
 
     Attributes:
         indices: dataset indices.
         labels: their labels.
         weights: their weights.
-        samples: their bytes (empty for metadata-only streams); for a piece, the one piece.
+        sizes: the stored size of each sample (for a piece, the piece's size); ``None`` for metadata only.
         position: samples of the stream delivered through this message.
         total: samples in the stream.
         cursor: where to resume after this message.
+        reader: where whole samples are read from (``None`` for metadata only and for pieces).
+        piece: the piece's bytes (pieces only).
         piece_offset: offset of the piece in its sample (pieces only).
         sample_size: size of the whole sample (pieces only; 0 for whole samples).
     """
 
-    indices: list[int]
-    labels: list[int]
-    weights: list[float]
-    samples: list[bytes]
+    indices: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    sizes: np.ndarray | None
     position: int
     total: int
     cursor: str
+    reader: DatasetReader | None = None
+    piece: memoryview | None = None
     piece_offset: int = 0
     sample_size: int = 0
 
     @property
     def payload_bytes(self) -> int:
         """Sample bytes in this message."""
-        return sum(len(s) for s in self.samples)
+        return int(self.sizes.sum()) if self.sizes is not None else 0
+
+    def encode(self) -> bytes:
+        """The serialized ``SampleBatch``: its head, then the samples read from LMDB straight into the message."""
+        head = encode_head(
+            self.indices,
+            self.labels,
+            self.weights,
+            self.sizes,
+            cursor=self.cursor,
+            position=self.position,
+            total=self.total,
+            piece_offset=self.piece_offset,
+            sample_size=self.sample_size,
+        )
+        if self.piece is not None:
+            return head + self.piece
+        if self.reader is None or self.sizes is None:
+            return head
+        return self.reader.read_joined(self.indices, head)
 
 
 @dataclass
@@ -244,10 +269,10 @@ def iter_batches(
             cancel.check()
             end = min(total, pos + count_cap)
             yield OutgoingBatch(
-                indices=plan.indices[pos:end].tolist(),
-                labels=plan.labels[pos:end].tolist(),
-                weights=plan.weights[pos:end].tolist(),
-                samples=[],
+                indices=plan.indices[pos:end],
+                labels=plan.labels[pos:end],
+                weights=plan.weights[pos:end],
+                sizes=None,
                 position=end,
                 total=total,
                 cursor=encode_cursor(key, end),
@@ -264,14 +289,16 @@ def iter_batches(
             for off in range(0, size, max_batch_bytes):
                 cancel.check()
                 after = pos + 1 if off + max_batch_bytes >= size else pos
+                piece = blob[off : off + max_batch_bytes]
                 yield OutgoingBatch(
-                    indices=[int(plan.indices[pos])],
-                    labels=[int(plan.labels[pos])],
-                    weights=[float(plan.weights[pos])],
-                    samples=[bytes(blob[off : off + max_batch_bytes])],
+                    indices=plan.indices[pos : pos + 1],
+                    labels=plan.labels[pos : pos + 1],
+                    weights=plan.weights[pos : pos + 1],
+                    sizes=np.array([len(piece)], dtype=np.int64),
                     position=after,
                     total=total,
                     cursor=encode_cursor(key, after),
+                    piece=piece,
                     piece_offset=off,
                     sample_size=size,
                 )
@@ -281,13 +308,14 @@ def iter_batches(
         fits = int(np.searchsorted(np.cumsum(sizes[pos : pos + count_cap]), max_batch_bytes, side="right"))
         end = pos + max(1, fits)
         yield OutgoingBatch(
-            indices=plan.indices[pos:end].tolist(),
-            labels=plan.labels[pos:end].tolist(),
-            weights=plan.weights[pos:end].tolist(),
-            samples=reader.read(plan.indices[pos:end]),
+            indices=plan.indices[pos:end],
+            labels=plan.labels[pos:end],
+            weights=plan.weights[pos:end],
+            sizes=sizes[pos:end],
             position=end,
             total=total,
             cursor=encode_cursor(key, end),
+            reader=reader,
         )
         pos = end
 

@@ -73,7 +73,7 @@ def test_cli_errors_exit_2_with_a_fix(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["info", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["ingest", "digits", str(tmp_path / "f"), "--format", "csv"])
+        main(["ingest", "digits", str(tmp_path / "f"), "--format", "tsv"])
     assert exc.value.code == 2
 
 

@@ -86,25 +86,6 @@ def test_cancelling_streams_frees_their_threads(tmp_path) -> None:  # type: igno
         assert result == [6000]
 
 
-def test_hand_encoded_batches_parse_as_the_message_with_its_size() -> None:
-    from nessa.services.storage.servicer import encode_sample_batch
-    from nessa.v1 import storage_pb2 as pb
-
-    rng = np.random.default_rng(0)
-    for samples in ([], [b""], [b"x" * 127, b"y" * 128, b"z" * 300], [rng.bytes(70_000), rng.bytes(3)]):
-        n = len(samples)
-        meta = pb.SampleBatch(
-            indices=list(range(n)), labels=[1] * n, weights=[0.5] * n, cursor="0123456789abcdef.7",
-            position=7, total=9, piece_offset=0, sample_size=0,
-        )  # fmt: skip
-        data = encode_sample_batch(meta, samples)
-        full = pb.SampleBatch()
-        full.CopyFrom(meta)
-        full.samples.extend(samples)
-        assert pb.SampleBatch.FromString(data) == full
-        assert len(data) == full.ByteSize()
-
-
 def test_a_stream_past_its_deadline_is_stopped(tmp_path) -> None:  # type: ignore[no-untyped-def]
     make_toy(tmp_path)
     with running(tmp_path, warmup=False, max_workers=2) as d:

@@ -53,14 +53,8 @@ DOCUMENTED = {
 MAX_DETAILS = 2100
 #: Every RPC of nessa.v1.Storage: (name, kind), kind = "uu" unary, "us" server stream, "su" client stream.
 RPCS = [
-    ("ListDatasets", "uu"),
-    ("DescribeDataset", "uu"),
-    ("PushProxy", "su"),
-    ("Select", "uu"),
-    ("StreamSamples", "us"),
-    ("GetSelection", "uu"),
-    ("ListSelections", "uu"),
-    ("ListSessions", "uu"),
+    (m.name, "su" if m.client_streaming else "us" if m.server_streaming else "uu")
+    for m in pb.DESCRIPTOR.services_by_name["Storage"].methods
 ]
 
 TALLY: Counter[str] = Counter()
@@ -253,7 +247,10 @@ def garbage_cases(seed: int, n: int) -> Iterator[tuple[str, str, str, bytes | li
     valid = _valid_requests("sel-" + "0" * 24)
     for i in range(n):
         rpc, kind = RPCS[i % len(RPCS)]
-        payload = _mutate(rng, valid[rpc]) if rng.random() < 0.5 else rng.randbytes(rng.choice([0, 1, 3, 17, 200]))
+        if rng.random() < 0.5:
+            payload = _mutate(rng, valid.get(rpc, b""))
+        else:
+            payload = rng.randbytes(rng.choice([0, 1, 3, 17, 200]))
         if kind == "su":
             payload_out: bytes | list[bytes] = [payload] * rng.randint(1, 3)
         else:

@@ -3,26 +3,27 @@
 Each epoch has the step budget of a ``fraction`` epoch. As CREST's code does, the run first trains
 ``crest_warmup`` of such an epoch on random mini-batches of the whole set (a stateless ``random`` selection,
 streamed like any other). At a selection point the plan pushes a proxy and asks for
-``P`` mini-batch coresets of ``batch_size`` samples, trains on them in order (fetching each when it is needed, then
+``P`` mini-batch coresets of ``batch_size`` samples, trains on them in order (streamed a few coresets ahead, then
 cycling from memory), and every ``T1`` steps checks CREST's quadratic model (:class:`~nessa.trainer.drift.
 DriftMonitor`) on a check set V_r of random training samples (streamed once per run); when ρ > τ it reselects.
 The quadratic model is fitted on the selection's first coreset (the CREST code averages over the ``P`` coresets;
-the others are fetched only when trained on, so a reselection after a few steps wastes no bytes). Proxies are
+the others are streamed only a few ahead of training, so a reselection after a few steps wastes little). Proxies are
 versioned by the global step.
 
 Pipelined (``pipeline=True``, the default; NeSSA's departure from the code, which stops training while it
 selects): when the trigger fires, the plan exports the model as it is, and the push and the selection run on a
-background thread while training goes on cycling the current coresets; the new coresets replace them at the first
-step after they arrive (no drift checks while a request is in flight). The first selection, which has no coresets
-to cycle, is waited for. Each selection's log line keeps ``requested_step`` beside ``step`` (when it was first
-trained on): the staleness the pipelining costs. ``pipeline=False`` waits for every selection, as the code does.
+background thread while training goes on cycling the current coresets; when the new coresets arrive their stream is
+opened, and they replace the current ones at the first step their first coreset is here (no drift checks while a
+request is in flight). The first selection, which has no coresets to cycle, is waited for (with ``warm_start``, the
+random warm-up goes on until it arrives). Each selection's log line keeps ``requested_step`` beside ``step`` (when it
+was first trained on): the staleness the pipelining costs. ``pipeline=False`` waits for every selection, as the
+code does.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,7 @@ class CrestPlan(Plan):
         check: tuple[torch.Tensor, torch.Tensor] | None = None
         interval, since = 1, 0
         pending: int | None = None  # the global step of a selection requested and not yet trained on
+        incoming: _Cycle | None = None  # that selection, arrived, its stream opening
         warm_steps = min(round(cfg.crest_warmup * steps_per_epoch), -(-t.info.num_samples // cfg.batch_size))
         warm: tuple[Selection, Prefetch[TrainBatch]] | None = None
         try:
@@ -96,26 +98,45 @@ class CrestPlan(Plan):
                         t.train_step(batch, state, steps_per_epoch)
                         t0 = t.maybe_checkpoint_mid(state, warm[0], self.state_dict(), t0)
                         continue
-                    if warm is not None:
-                        warm[1].close()
                     if (reselect or cycle is None) and pending is None:
                         if check is None:
                             check = self.check_set()
                         pending = self.request(epoch, state)
                         reselect = False
-                    if pending is not None and (cycle is None or not cfg.pipeline or self.pipeline.ready(pending)):
+                    if warm is not None and cycle is None and self._extends_warmup(pending):
+                        batch = next(warm[1], None)  # warm_start: random mini-batches while the first is made
+                        if batch is not None:
+                            t.meter.wait(state, warm[1].last_wait)
+                            t.train_step(batch, state, steps_per_epoch)
+                            t0 = t.maybe_checkpoint_mid(state, warm[0], self.state_dict(), t0)
+                            continue
+                    if warm is not None:
+                        warm[1].close()
+                    if pending is not None and incoming is None and cycle is not None and cfg.pipeline:
+                        sel_ready = self.pipeline.peek(pending)
+                        if sel_ready is not None:  # open its stream now; switch once its first coreset is here
+                            self.pipeline.result(pending)
+                            incoming = _Cycle(t, sel_ready, seed=epoch_seed(cfg.seed, pending))
+                    switch = pending is not None and (
+                        cycle is None or not cfg.pipeline or (incoming is not None and incoming.ready())
+                    )
+                    if switch:
+                        assert pending is not None
                         started = time.perf_counter()
-                        sel, _ = self.pipeline.result(pending)
+                        if incoming is None:
+                            sel, _ = self.pipeline.result(pending)
+                            incoming = _Cycle(t, sel, seed=epoch_seed(cfg.seed, pending))
                         if cycle is not None:
                             cycle.close()
-                        cycle = self.use(epoch, state, sel, pending)
+                        cycle, incoming = incoming, None
+                        self.use(epoch, state, cycle.selection, pending)
                         pending = None
                         batch, _ = cycle.next()
-                        d = t.device
+                        t.meter.wait(state, time.perf_counter() - started, selection=True)
+                        d = t.device  # the loss model's fit is CREST's training-side work, not a wait
                         assert check is not None  # drawn before the first request
                         self.monitor.reset(batch.x.to(d), batch.y.to(d), batch.w.to(d), check[0], check[1])
                         interval, self.num_minibatches = self.monitor.adapt(steps_per_epoch)
-                        t.meter.wait(state, time.perf_counter() - started, selection=True)
                         state.reselections += 1
                         since = 0
                     else:
@@ -142,18 +163,28 @@ class CrestPlan(Plan):
                 t.end_epoch(state, trained_on, self.state_dict(), extra=extra)
         finally:
             self.pipeline.close()
-            if cycle is not None:
-                cycle.close()
+            for c in (cycle, incoming):
+                if c is not None:
+                    c.close()
             if warm is not None:
                 warm[1].close()
 
+    def _extends_warmup(self, pending: int | None) -> bool:
+        """With ``warm_start``: the first selection is still being made, so the warm-up goes on."""
+        cfg = self.trainer.config
+        return cfg.warm_start and cfg.pipeline and pending is not None and not self.pipeline.ready(pending)
+
     def warmup(self, steps: int, done: int) -> tuple[Selection, Prefetch[TrainBatch]]:
-        """The warm-up's random mini-batches (``steps`` of them; ``done`` already trained), streamed."""
+        """The warm-up's random mini-batches (``steps`` of them; ``done`` already trained), streamed.
+
+        With ``warm_start`` the subset has an epoch's steps more, to train on while the first selection is made.
+        """
         t = self.trainer
         b = t.config.batch_size
+        extra = self.steps_per_epoch() if t.config.warm_start and t.config.pipeline else 0
         sel = t.select(
             method="random",
-            count=min(t.info.num_samples, steps * b),
+            count=min(t.info.num_samples, (steps + extra) * b),
             seed=epoch_seed(t.config.seed, 0) ^ 0xC0FFEE,
             proxy_version=None,
             options={},
@@ -204,46 +235,42 @@ class CrestPlan(Plan):
             options={**cfg.options, "minibatch_size": cfg.batch_size},
         )
 
-    def use(self, epoch: int, state: EpochState, sel: Selection, requested: int) -> _Cycle:
-        """Start training on a selection requested at global step ``requested``."""
+    def use(self, epoch: int, state: EpochState, sel: Selection, requested: int) -> None:
+        """Log that training moves to a selection requested at global step ``requested``."""
         t = self.trainer
         t.log_selection(epoch, sel, step=state.step)
         t.selections[-1]["requested_step"] = requested
         state.selected_bytes += sel.selected_bytes
-        return _Cycle(t, sel, seed=epoch_seed(t.config.seed, requested))
 
 
 class _Cycle:
-    """A CREST selection as training batches: its coresets in order (each fetched when asked), then cycled.
+    """A CREST selection as training batches: its coresets in order, streamed ahead as one stream, then cycled.
 
-    No read-ahead: a drift check may end the selection after any step, and bytes streamed ahead would be wasted.
+    The stream reads ``prefetch_batches`` coresets ahead of training (so a coreset is never waited for); a drift
+    check that ends the selection early wastes at most those.
     """
 
     def __init__(self, trainer: Any, selection: Selection, seed: int) -> None:
         self.selection = selection
-        self._trainer = trainer
-        b = trainer.config.batch_size
-        self._parts = [selection.part(lo, lo + b) for lo in range(0, len(selection), b)]
-        self._current: Decode[TrainBatch] | None = None
-        self._batches: Iterator[TrainBatch] | None = self._coresets()
+        cfg = trainer.config
+        b = cfg.batch_size
+        source = SelectionSource(trainer.client, selection, message_size=b)  # the selection's order: coreset by coreset
+        self._stream: Prefetch[TrainBatch] | None = Prefetch(
+            Decode(Rebatch(source, b), trainer.decoder.batch), depth=cfg.prefetch_batches
+        ).start()
         self._cache: list[TrainBatch] = []
         self._order: list[int] = []
         self._rng = np.random.default_rng(seed)
 
-    def _coresets(self) -> Iterator[TrainBatch]:
-        b = self._trainer.config.batch_size
-        for part in self._parts:
-            source = SelectionSource(self._trainer.client, part, message_size=b)
-            self._current = Decode(Rebatch(source, b), self._trainer.decoder.batch)
-            with self._current as batches:
-                yield from batches
-            self._current = None
+    def ready(self) -> bool:
+        """Whether the next batch is here (training can switch to this selection without waiting)."""
+        return self._stream is None or self._stream.ready()
 
     def next(self) -> tuple[TrainBatch, float]:
         """The next batch and the seconds waited for it."""
         start = time.perf_counter()
-        if self._batches is not None:
-            batch = next(self._batches, None)
+        if self._stream is not None:
+            batch = next(self._stream, None)
             if batch is not None:
                 self._cache.append(batch)
                 return batch, time.perf_counter() - start
@@ -255,8 +282,7 @@ class _Cycle:
         return self._cache[self._order.pop()], time.perf_counter() - start
 
     def close(self) -> None:
-        """Stop fetching (a reselection or the end of the run)."""
-        if self._current is not None:
-            self._current.close()
-            self._current = None
-        self._batches = None
+        """Stop streaming (a reselection or the end of the run)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None

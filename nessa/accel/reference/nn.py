@@ -11,6 +11,7 @@ check before launching a kernel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,18 +20,28 @@ from nessa.errors import InvalidArgumentError
 
 __all__ = [
     "add",
+    "attention",
     "avgpool1d",
     "avgpool2d",
+    "binary",
     "conv1d",
     "conv2d",
+    "embedding",
     "flatten",
     "global_avgpool",
+    "groupnorm",
+    "layernorm",
     "linear",
+    "matmul",
     "maxpool1d",
     "maxpool2d",
+    "mean_axes",
     "normalize",
     "relu",
+    "scale",
+    "softmax",
     "softmax_xent",
+    "unary",
 ]
 
 IntPair = int | Sequence[int]
@@ -368,3 +379,115 @@ def softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     grad[rows, y] -= 1.0
     loss = np.log(total[:, 0]) + zmax[:, 0] - z[rows, y]
     return grad.astype(np.float32), loss.astype(np.float32)
+
+
+# --- the extended vocabulary (activations, norms, attention, layout) ------------------------------------------------
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Erf in float64 (vectorized ``math.erf``; numpy has none)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(x) if x.size else x.astype(np.float64)
+
+
+def unary(x: np.ndarray, kind: str) -> np.ndarray:
+    """Elementwise activation ``kind``: ``relu``, ``gelu`` (exact, erf), ``silu``, ``sigmoid`` or ``tanh`` (float32)."""
+    v = _f32(x, f"{kind} input").astype(np.float64)
+    if v.size == 0:
+        raise InvalidArgumentError(f"{kind} got an empty array")
+    if kind == "relu":
+        out = np.maximum(v, 0)
+    elif kind == "gelu":
+        out = 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
+    elif kind == "silu":
+        out = v / (1.0 + np.exp(-v))
+    elif kind == "sigmoid":
+        out = 1.0 / (1.0 + np.exp(-v))
+    elif kind == "tanh":
+        out = np.tanh(v)
+    else:
+        raise InvalidArgumentError(f"unknown activation {kind!r}; use relu, gelu, silu, sigmoid or tanh")
+    return out.astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float32)."""
+    v = _f32(x, "softmax input").astype(np.float64)
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def scale(x: np.ndarray, alpha: float, beta: float = 0.0) -> np.ndarray:
+    """``x * alpha + beta`` (float32 arithmetic, as the kernel)."""
+    return _f32(x, "scale input") * np.float32(alpha) + np.float32(beta)
+
+
+def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias`` (biased variance)."""
+    v = _f32(x, "layernorm input").astype(np.float64)
+    w = _f32(weight, "layernorm weight").astype(np.float64)
+    if w.shape != (v.shape[-1],):
+        raise InvalidArgumentError(f"layernorm weight {w.shape} must be ({v.shape[-1]},)")
+    mean = v.mean(axis=-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)
+    out = (v - mean) / np.sqrt(var + eps) * w
+    if bias is not None:
+        out = out + _f32(bias, "layernorm bias").astype(np.float64)
+    return out.astype(np.float32)
+
+
+def groupnorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int, eps: float) -> np.ndarray:
+    """GroupNorm of ``(N, C, ...)`` in ``groups`` groups, then the per-channel affine ``weight``/``bias``."""
+    v = _f32(x, "groupnorm input").astype(np.float64)
+    n, c = v.shape[0], v.shape[1]
+    if groups < 1 or c % groups:
+        raise InvalidArgumentError(f"groupnorm groups {groups} must divide the {c} channels")
+    g = v.reshape(n, groups, -1)
+    mean = g.mean(axis=2, keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=2, keepdims=True)
+    out = ((g - mean) / np.sqrt(var + eps)).reshape(v.shape)
+    bshape = (1, c) + (1,) * (v.ndim - 2)
+    out = out * _f32(weight, "groupnorm weight").astype(np.float64).reshape(bshape)
+    if bias is not None:
+        out = out + _f32(bias, "groupnorm bias").astype(np.float64).reshape(bshape)
+    return out.astype(np.float32)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched ``a @ b`` over equal leading axes (float64 accumulation, float32 result)."""
+    a64, b64 = _f32(a, "matmul operand").astype(np.float64), _f32(b, "matmul operand").astype(np.float64)
+    if a64.ndim < 2 or a64.shape[:-2] != b64.shape[:-2] or a64.shape[-1] != b64.shape[-2]:
+        raise InvalidArgumentError(f"matmul cannot multiply shapes {a64.shape} and {b64.shape}")
+    return (a64 @ b64).astype(np.float32)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, alpha: float = 0.0) -> np.ndarray:
+    """``softmax(q k^T * alpha) v`` over equal leading axes; ``alpha`` 0 means ``1 / sqrt(d)``."""
+    q64 = _f32(q, "attention q").astype(np.float64)
+    k64 = _f32(k, "attention k").astype(np.float64)
+    v64 = _f32(v, "attention v").astype(np.float64)
+    s = alpha if alpha else 1.0 / math.sqrt(q64.shape[-1])
+    scores = (q64 @ np.swapaxes(k64, -1, -2)) * s
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return (p @ v64).astype(np.float32)
+
+
+def binary(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """``a + b`` (``kind="add"``) or ``a * b`` (``"mul"``) with numpy broadcasting (float32)."""
+    av, bv = _f32(a, f"{kind} operand"), _f32(b, f"{kind} operand")
+    return av + bv if kind == "add" else av * bv
+
+
+def embedding(indices: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Rows of ``weight`` ``(V, D)`` at ``indices`` (floats holding integers, rounded); outside ``[0, V)``: NaN."""
+    idx = np.rint(_f32(indices, "embedding indices").astype(np.float64))
+    w = _f32(weight, "embedding weight")
+    ok = (idx >= 0) & (idx < w.shape[0])
+    rows = w[np.where(ok, idx, 0).astype(np.int64)]
+    rows[~ok] = np.nan
+    return rows
+
+
+def mean_axes(x: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    """Mean over ``axes`` of the full array (batch axis 0), removed from the shape (float64 sum)."""
+    return _f32(x, "mean input").astype(np.float64).mean(axis=tuple(int(a) for a in axes)).astype(np.float32)

@@ -11,6 +11,7 @@ import torch
 
 from nessa.client import Batch, DatasetInfo
 from nessa.errors import InvalidArgumentError
+from nessa.packed import PackedSamples
 from nessa.pipeline import Decode, Prefetch, Rebatch, Stage, prefetch_iter
 from nessa.pipeline.base import StageState
 from nessa.trainer.batches import SampleDecoder
@@ -30,7 +31,7 @@ class Messages(Stage[Batch]):
                     indices=idx,
                     labels=idx % 3,
                     weights=rng.random(size).astype(np.float32),
-                    samples=[np.array([i, -i], dtype=np.float32).tobytes() for i in idx],
+                    samples=PackedSamples.from_samples([np.array([i, -i], dtype=np.float32).tobytes() for i in idx]),
                     cursor="",
                     position=seen,
                     total=sum(sizes),

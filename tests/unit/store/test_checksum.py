@@ -101,3 +101,40 @@ def test_every_corrupt_sample_of_a_read_is_named_and_none_returned(tmp_path: Pat
         assert info.value.indices == [10, 30]
         assert "sample 10 and 1 more" in str(info.value)
         assert ds.read([1, 2]) == [x[1].tobytes(), x[2].tobytes()]
+
+
+@pytest.mark.parametrize("sample_bytes", [64, 5000])  # values inside LMDB's leaf pages, and on overflow pages
+def test_read_joined_is_the_prefix_and_the_values_in_order_and_checks_them(tmp_path: Path, sample_bytes: int) -> None:
+    dest, x = _dataset(tmp_path, sample_bytes=sample_bytes)
+    order = [40, 3, 3, 49, 0, 26]  # both shards, a duplicate, out of order
+    with open_dataset(dest) as ds:
+        for _ in range(2):  # the first read locates the values in the map, the second uses that
+            assert ds.read_joined(order, b"head") == b"head" + b"".join(x[i].tobytes() for i in order)
+        assert ds.read_joined([7], b"") == x[7].tobytes()  # one shard
+        assert ds.read_joined([], b"head") == b"head"
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            pick = rng.choice(len(x), 17)
+            assert ds.read_joined(pick) == b"".join(ds.read(pick))
+    _flip(dest, "00001", x[40].tobytes())
+    with open_dataset(dest) as ds, pytest.raises(SampleCorruptionError, match=r"shard 1 .*sample 40 does not match"):
+        ds.read_joined([3, 40], b"head")
+
+
+def test_read_joined_in_a_forked_child_and_without_checksums(tmp_path: Path) -> None:
+    import multiprocessing
+
+    dest, x = _dataset(tmp_path, sample_bytes=3072)
+    with open_dataset(dest) as ds:
+        want = ds.read_joined([1, 30, 2])  # the parent's map is built
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        # The child inherits this very reader, map included, and must locate the values in its own environments.
+        child = ctx.Process(target=lambda: out.put(ds.read_joined([1, 30, 2])))
+        child.start()
+        assert out.get(timeout=20) == want
+        child.join(20)
+        assert child.exitcode == 0
+    _make_legacy(dest)
+    with open_dataset(dest) as ds:  # no checksums: read through LMDB lookups, the same bytes
+        assert ds.read_joined([1, 30, 2]) == want == b"".join(x[i].tobytes() for i in [1, 30, 2])

@@ -27,11 +27,11 @@ def test_missing_source(tmp_path: Path) -> None:
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    (tmp_path / "data.csv").write_text("1,2\n")
-    with pytest.raises(InvalidArgumentError, match=r"suffix '\.csv'; pass --format"):
-        ingest(tmp_path / "data.csv", tmp_path / "out")
-    with pytest.raises(InvalidArgumentError, match=r"unknown format 'csv'; known formats: npz"):
-        ingest(tmp_path / "data.csv", tmp_path / "out", format="csv")
+    (tmp_path / "data.tsv").write_text("1,2\n")
+    with pytest.raises(InvalidArgumentError, match=r"suffix '\.tsv'; pass --format"):
+        ingest(tmp_path / "data.tsv", tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=r"unknown format 'tsv'; known formats: npz"):
+        ingest(tmp_path / "data.tsv", tmp_path / "out", format="tsv")
 
 
 def test_length_mismatch(tmp_path: Path) -> None:

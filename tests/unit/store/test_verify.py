@@ -103,6 +103,8 @@ def test_shard_swapped_for_another(tmp_path: Path) -> None:
     assert "sizes.npy says" in problems[0].what
     with pytest.raises(DataCorruptionError, match=r"shards/00001: sample 20 has 41 bytes, sizes.npy says 40"):
         open_dataset(dest).read([20])
+    with pytest.raises(DataCorruptionError, match=r"shards/00001: sample 20 has 41 bytes, sizes.npy says 40"):
+        open_dataset(dest).read_joined([20])  # the shard is not located in the map: the lookup path names it
 
 
 def test_labels_file_modified(tmp_path: Path) -> None:

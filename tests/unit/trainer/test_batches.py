@@ -52,7 +52,8 @@ def test_decoder_matches_the_proxy_normalisation_and_layouts() -> None:
 @pytest.mark.parametrize(
     ("info", "model", "match"),
     [
-        (_info((32, 32, 3), "uint8", codec="png"), "resnet20", "raw arrays only"),
+        (_info((32, 32, 3), "uint8", codec="png"), "resnet20", "--image-size N"),
+        (_info((32, 32, 3), "uint8", codec="bytes"), "resnet20", "cannot decode"),
         (_info((40,), "float64"), "cnn1d", "float32 or uint8"),
         (_info((3, 8, 8), "float32"), "cnn1d", "1-D signals"),
         (_info((40,), "float32"), "resnet20", "image samples"),

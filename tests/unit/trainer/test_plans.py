@@ -9,9 +9,11 @@ from nessa.trainer.plans.partitions import class_balanced_partition
 
 
 def test_plans_are_chosen_by_name_and_methods_default_to_their_own() -> None:
-    assert set(PLANS) == {"epoch", "full", "crest", "partitions"}
+    assert set(PLANS) == {"epoch", "full", "crest", "partitions", "infobatch", "progressive"}
+    assert plan_for("infobatch").name == "infobatch" and plan_for("rs2").name == "epoch"
     assert plan_for("craig").name == "epoch" and plan_for("full").name == "full"
     assert plan_for("crest").name == "crest" and plan_for("craig", "partitions").name == "partitions"
+    assert plan_for("full", "progressive").name == "progressive"
     with pytest.raises(InvalidArgumentError, match="unknown training plan"):
         plan_for("craig", "nope")
 
