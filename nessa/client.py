@@ -746,6 +746,7 @@ class StorageClient:
                     block_size=partition.block_size,
                     skip=partition.skip,
                     worker_skip=partition.worker_skip,
+                    remainder=f"REMAINDER_{partition.remainder.upper()}",
                 )
             )
         return self._stream(request, cursor or "", self.stream_timeout if timeout is None else timeout)

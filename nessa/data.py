@@ -6,12 +6,22 @@ counts what the trainer consumed, and :class:`SelectionSampler` serves users who
 Order and split follow :mod:`nessa.order`: the epoch's order is a pure function of ``(seed, epoch)`` (the same in
 every rank and worker), positions go to ranks round-robin, and inside a rank consecutive blocks of ``batch_size``
 samples go to data-loader workers in turn, so a ``DataLoader`` with the same ``batch_size`` yields the rank's
-order unchanged whatever its ``num_workers``. Each selected sample is delivered exactly once per epoch across all
-ranks and workers; ranks differ by at most one sample (nothing is padded or dropped unless the loader's
-``drop_last`` drops a final short batch).
+order unchanged whatever its ``num_workers``.
+
+Equal steps under DDP: every rank gets the same number of samples, hence the same number of batches, so a DDP
+loop never waits forever in an all-reduce a shorter rank will not join. By default (``remainder="pad"``) this is
+torch's ``DistributedSampler`` rule: when the selection does not divide by ``world_size``, the epoch's order is
+extended by repeating its first ``world_size - n % world_size`` samples, so each rank gets ``ceil(n /
+world_size)``; those few samples are delivered twice in the epoch, everything else exactly once.
+``remainder="drop"`` leaves the order's last ``n % world_size`` samples out instead (each rank ``n //
+world_size``; a different few every shuffled epoch); ``remainder="keep"`` delivers each sample exactly once and
+ranks differ by up to one sample (not for DDP). With one rank all three are the same.
 
 Resuming: two ways, both exact. (1) :class:`SelectionLoader` (a ``DataLoader`` that counts the samples the loop
-consumed) saves this rank's position; after ``load_state_dict`` the same epoch skips exactly those samples.
+consumed) saves this rank's position; after ``load_state_dict`` the same epoch skips exactly those samples. Ranks
+run in lockstep and have equal shares, so the state rank 0 saves (one checkpoint) restores every rank: each
+skips the same count of *its own* samples (the state must have the same selection, seed, shuffle, world size and
+remainder; its ``rank`` is informational).
 (2) The dataset follows torchdata's ``Stateful`` protocol *per worker*: inside a data-loader worker,
 ``state_dict()`` is that worker's own position, and ``load_state_dict`` of it resumes that worker only — what
 ``torchdata.stateful_dataloader.StatefulDataLoader`` does with any ``num_workers``. The samples come from the
@@ -33,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_in
 
 from nessa.client import TLS, StorageClient
 from nessa.errors import InvalidArgumentError
-from nessa.order import Partition, epoch_seed, rank_positions
+from nessa.order import Partition, epoch_seed, rank_positions, rank_share
 from nessa.pipeline.source import SelectionSource
 from nessa.records import Selection
 
@@ -111,6 +121,9 @@ class SelectionDataset(IterableDataset):
         transform: applied to each sample dict; its result is what is yielded.
         rank: this rank (default from the environment, see :func:`rank_and_world`).
         world_size: number of ranks.
+        remainder: ``pad`` (default: every rank ``ceil(n / world_size)`` samples, the first few repeated), ``drop``
+            (every rank ``n // world_size``) or ``keep`` (exactly once, ranks differ by one: not for DDP); see the
+            module.
         stream_batch_size: samples per streamed message.
         client_options: extra keyword arguments of :class:`~nessa.client.StorageClient`.
     """
@@ -129,6 +142,7 @@ class SelectionDataset(IterableDataset):
         transform: Callable[[Sample], Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        remainder: str = "pad",
         stream_batch_size: int = 256,
         client_options: dict[str, Any] | None = None,
     ) -> None:
@@ -156,7 +170,8 @@ class SelectionDataset(IterableDataset):
         self.seed = int(seed)
         self.transform = transform
         self.rank, self.world_size = rank_and_world(rank, world_size)
-        Partition(world_size=self.world_size, rank=self.rank)  # validates
+        self.remainder = str(remainder)
+        Partition(world_size=self.world_size, rank=self.rank, remainder=self.remainder)  # validates
         self.stream_batch_size = int(stream_batch_size)
         self.client_options = dict(client_options or {})
         self.epoch = 0
@@ -164,7 +179,7 @@ class SelectionDataset(IterableDataset):
         self._resume_skip = 0
         self._resume_worker: dict[str, int] | None = None  # a worker's own saved position (Stateful per worker)
         self._consumed = 0
-        self._part = Partition(world_size=self.world_size, rank=self.rank)
+        self._part = Partition(world_size=self.world_size, rank=self.rank, remainder=self.remainder)
         self._position = 0
         self._client: StorageClient | None = None
         self._client_pid = -1
@@ -199,7 +214,7 @@ class SelectionDataset(IterableDataset):
         """Samples this rank receives per epoch (all its workers together)."""
         if self.size is None:  # built from an id: the daemon says how large it is (one GetSelection)
             self.size = len(self._get_client().get_selection(self.selection_id))
-        return len(range(self.rank, self.size, self.world_size))
+        return rank_share(self.size, self.world_size, self.rank, self.remainder)
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
@@ -220,6 +235,7 @@ class SelectionDataset(IterableDataset):
             worker=worker,
             block_size=self.batch_size,
             skip=skip,
+            remainder=self.remainder,
         )
         self._consumed = skip
         self._position = position
@@ -267,6 +283,7 @@ class SelectionDataset(IterableDataset):
             "shuffle": self.shuffle,
             "rank": self.rank,
             "world_size": self.world_size,
+            "remainder": self.remainder,
             "samples_consumed": int(self._consumed if samples_consumed is None else samples_consumed),
             "worker": {
                 "worker": self._part.worker,
@@ -280,16 +297,18 @@ class SelectionDataset(IterableDataset):
         """Resume: the next iteration of ``state["epoch"]`` skips the samples already consumed.
 
         A state saved inside a data-loader worker (torchdata's ``StatefulDataLoader``) resumes that worker from its
-        own position; a state from :class:`SelectionLoader` resumes the rank from ``samples_consumed``.
+        own position; a state from :class:`SelectionLoader` resumes the rank from ``samples_consumed``. The state
+        may come from any rank of the same layout (rank 0's checkpoint restores every rank): this rank skips as
+        many of its own samples.
 
         Raises:
-            InvalidArgumentError: the state is of another selection, seed or rank layout.
+            InvalidArgumentError: the state is of another selection, seed, world size or remainder.
         """
-        for key in ("selection_id", "seed", "shuffle", "rank", "world_size"):
+        for key in ("selection_id", "seed", "shuffle", "world_size", "remainder"):
             if key in state and state[key] != getattr(self, key):
                 raise InvalidArgumentError(
                     f"state is for {key}={state[key]!r} but this dataset has {getattr(self, key)!r}; build the "
-                    "dataset with the same selection, seed, shuffle and rank layout to resume"
+                    "dataset with the same selection, seed, shuffle, world size and remainder to resume"
                 )
         consumed = int(state.get("samples_consumed", 0))
         if consumed < 0:
@@ -361,6 +380,7 @@ class SelectionSampler(Sampler[int]):
         seed: base seed of the shuffle.
         rank: this rank (default from the environment).
         world_size: number of ranks.
+        remainder: ``pad``, ``drop`` or ``keep``, as in :class:`SelectionDataset`.
     """
 
     def __init__(
@@ -371,6 +391,7 @@ class SelectionSampler(Sampler[int]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        remainder: str = "pad",
     ) -> None:
         self.indices = np.asarray(selection.indices, dtype=np.int64)
         self.weights = np.asarray(selection.weights, dtype=np.float32)
@@ -378,7 +399,8 @@ class SelectionSampler(Sampler[int]):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.rank, self.world_size = rank_and_world(rank, world_size)
-        Partition(world_size=self.world_size, rank=self.rank)
+        self.remainder = str(remainder)
+        Partition(world_size=self.world_size, rank=self.rank, remainder=self.remainder)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -389,11 +411,11 @@ class SelectionSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         seed = epoch_seed(self.seed, self.epoch) if self.shuffle else None
-        positions = rank_positions(len(self.indices), seed, self.world_size, self.rank)
+        positions = rank_positions(len(self.indices), seed, self.world_size, self.rank, self.remainder)
         return iter(self.indices[positions].tolist())
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.indices), self.world_size))
+        return rank_share(len(self.indices), self.world_size, self.rank, self.remainder)
 
     def weight(self, index: int) -> float:
         """The weight of a selected dataset index (``KeyError`` if it is not selected)."""

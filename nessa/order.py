@@ -10,8 +10,16 @@ order, so both paths agree. The order never depends on timing, worker counts or 
    samples go to data-loader workers in turn (block ``b`` to worker ``b % num_workers``). A loader that takes one
    batch of ``block_size`` from each worker in turn therefore sees the rank's order unchanged.
 
-Each sample of the selection lands in exactly one (rank, worker) part. Ranks differ in size by at most one
-sample; nothing is padded or dropped.
+With the default ``remainder="keep"`` each sample of the selection lands in exactly one (rank, worker) part and
+ranks differ in size by at most one sample. Under DDP every rank must run the same number of steps (a rank with
+one batch more waits forever in the all-reduce), so a split can be made even (step 2 then applies to the
+extended or shortened order):
+
+* ``remainder="pad"``: like ``torch.utils.data.DistributedSampler``, the order is extended to a multiple of
+  ``world_size`` by repeating its first samples (cyclically if the selection is smaller than the pad), so every
+  rank gets ``ceil(n / world_size)``; up to ``world_size - 1`` samples are delivered twice per epoch;
+* ``remainder="drop"``: the last ``n % world_size`` samples of the order are left out (a different few every
+  shuffled epoch), so every rank gets ``n // world_size``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,17 @@ import numpy as np
 
 from nessa.errors import InvalidArgumentError, OutOfRangeError
 
-__all__ = ["Partition", "epoch_seed", "rank_positions", "shuffled_order", "stream_positions"]
+__all__ = [
+    "REMAINDERS",
+    "Partition",
+    "epoch_seed",
+    "rank_positions",
+    "rank_share",
+    "shuffled_order",
+    "stream_positions",
+]
+
+REMAINDERS = ("keep", "pad", "drop")
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,7 @@ class Partition:
         skip: samples of this rank already consumed; they are left out and worker blocks restart after them.
         worker_skip: samples of this worker's part (after ``skip``) already consumed: a worker resumed on its own
             state (torchdata's ``StatefulDataLoader`` restores each worker separately).
+        remainder: ``keep``, ``pad`` or ``drop``: how an uneven split over ranks is handled (see the module).
     """
 
     world_size: int = 1
@@ -47,8 +66,13 @@ class Partition:
     block_size: int = 1
     skip: int = 0
     worker_skip: int = 0
+    remainder: str = "keep"
 
     def __post_init__(self) -> None:
+        if self.remainder not in REMAINDERS:
+            raise InvalidArgumentError(
+                f"partition remainder {self.remainder!r} is not one of {', '.join(REMAINDERS)}; pick one of them"
+            )
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise InvalidArgumentError(
                 f"partition rank {self.rank} is not in [0, world_size={self.world_size}); "
@@ -81,10 +105,34 @@ def shuffled_order(n: int, shuffle_seed: int | None) -> np.ndarray:
     return np.random.default_rng(shuffle_seed).permutation(n).astype(np.int64, copy=False)
 
 
-def rank_positions(n: int, shuffle_seed: int | None, world_size: int = 1, rank: int = 0) -> np.ndarray:
+def _even_order(n: int, shuffle_seed: int | None, world_size: int, remainder: str) -> np.ndarray:
+    order = shuffled_order(n, shuffle_seed)
+    extra = n % world_size
+    if n == 0 or extra == 0 or remainder == "keep":
+        return order
+    if remainder == "pad":
+        return np.resize(order, n + world_size - extra)  # repeats the first samples, cyclically if needed
+    return order[: n - extra]
+
+
+def rank_share(n: int, world_size: int = 1, rank: int = 0, remainder: str = "keep") -> int:
+    """Samples one rank receives per epoch from a selection of ``n``."""
+    Partition(world_size=world_size, rank=rank, remainder=remainder)
+    if n == 0:
+        return 0
+    if remainder == "pad":
+        return -(-n // world_size)
+    if remainder == "drop":
+        return n // world_size
+    return len(range(rank, n, world_size))
+
+
+def rank_positions(
+    n: int, shuffle_seed: int | None, world_size: int = 1, rank: int = 0, remainder: str = "keep"
+) -> np.ndarray:
     """Positions (into the selection) that one rank receives, in its order."""
-    Partition(world_size=world_size, rank=rank)
-    return shuffled_order(n, shuffle_seed)[rank::world_size]
+    Partition(world_size=world_size, rank=rank, remainder=remainder)
+    return _even_order(n, shuffle_seed, world_size, remainder)[rank::world_size]
 
 
 def stream_positions(n: int, shuffle_seed: int | None, partition: Partition | None = None) -> np.ndarray:
@@ -102,7 +150,7 @@ def stream_positions(n: int, shuffle_seed: int | None, partition: Partition | No
         OutOfRangeError: ``partition.skip`` is larger than the rank's share, or ``worker_skip`` than the worker's.
     """
     part = partition or Partition()
-    ranked = shuffled_order(n, shuffle_seed)[part.rank :: part.world_size]
+    ranked = _even_order(n, shuffle_seed, part.world_size, part.remainder)[part.rank :: part.world_size]
     if part.skip > len(ranked):
         raise OutOfRangeError(
             f"cannot skip {part.skip} samples: rank {part.rank} of {part.world_size} has only {len(ranked)} "

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Remainder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REMAINDER_KEEP: _ClassVar[Remainder]
+    REMAINDER_PAD: _ClassVar[Remainder]
+    REMAINDER_DROP: _ClassVar[Remainder]
+REMAINDER_KEEP: Remainder
+REMAINDER_PAD: Remainder
+REMAINDER_DROP: Remainder
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()
@@ -221,7 +231,7 @@ class ListSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
 
 class Partition(_message.Message):
-    __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip", "worker_skip")
+    __slots__ = ("world_size", "rank", "num_workers", "worker", "block_size", "skip", "worker_skip", "remainder")
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +239,7 @@ class Partition(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     SKIP_FIELD_NUMBER: _ClassVar[int]
     WORKER_SKIP_FIELD_NUMBER: _ClassVar[int]
+    REMAINDER_FIELD_NUMBER: _ClassVar[int]
     world_size: int
     rank: int
     num_workers: int
@@ -236,7 +247,8 @@ class Partition(_message.Message):
     block_size: int
     skip: int
     worker_skip: int
-    def __init__(self, world_size: _Optional[int] = ..., rank: _Optional[int] = ..., num_workers: _Optional[int] = ..., worker: _Optional[int] = ..., block_size: _Optional[int] = ..., skip: _Optional[int] = ..., worker_skip: _Optional[int] = ...) -> None: ...
+    remainder: Remainder
+    def __init__(self, world_size: _Optional[int] = ..., rank: _Optional[int] = ..., num_workers: _Optional[int] = ..., worker: _Optional[int] = ..., block_size: _Optional[int] = ..., skip: _Optional[int] = ..., worker_skip: _Optional[int] = ..., remainder: _Optional[_Union[Remainder, str]] = ...) -> None: ...
 
 class IndexList(_message.Message):
     __slots__ = ("indices",)

@@ -17,7 +17,7 @@ import numpy as np
 
 from nessa.errors import InvalidArgumentError
 from nessa.metrics import ACTIVE_STREAMS, BYTES_SENT, SAMPLES_STREAMED
-from nessa.order import Partition
+from nessa.order import REMAINDERS, Partition
 from nessa.records import Selection
 from nessa.services.storage.cancel import CancelToken
 from nessa.services.storage.catalog import Catalog, DatasetEntry
@@ -378,6 +378,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             block_size=p.block_size or 1,
             skip=p.skip,
             worker_skip=p.worker_skip,
+            remainder=_remainder(p.remainder),
         )
         plan = plan_stream(
             entry,
@@ -439,3 +440,12 @@ def _distill_job(rec: DistillJobRecord) -> pb.DistillJob:
         real_bytes_read=rec.real_bytes_read,
         synthetic_bytes_written=rec.synthetic_bytes_written,
     )
+
+
+def _remainder(value: int) -> str:
+    """The :class:`~nessa.order.Partition` remainder of a wire ``Remainder`` value."""
+    if not 0 <= value < len(REMAINDERS):
+        raise InvalidArgumentError(
+            f"partition remainder {value} is unknown to this daemon; use REMAINDER_KEEP, _PAD or _DROP"
+        )
+    return REMAINDERS[value]

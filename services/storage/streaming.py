@@ -158,7 +158,8 @@ def _stream_key(dataset: str, source_key: str, shuffle_seed: int | None, partiti
         "source": source_key,
         "shuffle_seed": shuffle_seed,
         "partition": [partition.world_size, partition.rank, partition.num_workers, partition.worker,
-                      partition.block_size, partition.skip, partition.worker_skip],
+                      partition.block_size, partition.skip, partition.worker_skip]
+                     + ([partition.remainder] if partition.remainder != "keep" else []),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -241,6 +241,8 @@ def test_status_codes(stub, client: StorageClient) -> None:  # type: ignore[no-u
         (IA, "of dataset 'toy'", stub.StreamSamples, pb.StreamRequest(selection_id=sel.id, dataset="tiny-u8")),
         (IA, "rank 2 is not in", stub.StreamSamples,
          pb.StreamRequest(selection_id=sel.id, partition=pb.Partition(world_size=2, rank=2))),
+        (IA, "remainder 7 is unknown", stub.StreamSamples,
+         pb.StreamRequest(selection_id=sel.id, partition=pb.Partition(world_size=2, remainder=7))),  # type: ignore[arg-type]
         (OOR, "is outside dataset", stub.StreamSamples,
          pb.StreamRequest(dataset="toy", indices=pb.IndexList(indices=[0, TOY_N]))),
         (OOR, "cannot skip", stub.StreamSamples,
