@@ -349,7 +349,10 @@ def plot_protocol(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_xlabel("training wall time (s)")
     axes[1].set_xlabel("bytes moved, storage↔trainer (MiB)")
-    axes[1].set_xscale("symlog", linthresh=1.0)
+    axes[1].set_xscale("log")  # the first epoch's bytes onward (0 has no place on a log axis)
+    firsts = [_x(r["epochs"][0], "bytes") for m in report["methods"] for r in m["runs"] if r["epochs"]]
+    if firsts and min(firsts) > 0:
+        axes[1].set_xlim(left=min(firsts) * 0.8)
     cfg = report["config"]
     fig.suptitle(
         f"{cfg.get('dataset', '')}, {cfg.get('model', '')}, {cfg.get('train_samples', '?')} train samples, seeds "
