@@ -213,7 +213,11 @@ class StorageDaemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.enter_graceful_shutdown()
+        # Telling health watchers NOT_SERVING writes to each Watch stream, and a watcher that stopped reading blocks
+        # that write; give it a bounded time on its own thread, then stop the server (which cancels the stalled ones).
+        notify = threading.Thread(target=self.health.enter_graceful_shutdown, name="nessa-health-shutdown", daemon=True)
+        notify.start()
+        notify.join(2.0)
         drain = self.config.drain_seconds if drain is None else drain
         if drain > 0 and self._server is not None:
             time.sleep(drain)
