@@ -224,7 +224,9 @@ class StorageDaemon:
         if self.workers is not None:
             self.workers.stop(self.config.grace_seconds if grace is None else grace)
         if self._server is not None:
-            self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+            g = self.config.grace_seconds if grace is None else grace
+            if not self._server.stop(g).wait(g + 5.0):  # a handler stuck writing to a stalled stream
+                log.warning("the gRPC server did not stop within %.1f s of its grace; stopping anyway", g + 5.0)
         if self.slots is not None:
             self.slots.watchdog.stop()
         if self._control_pool is not None:
