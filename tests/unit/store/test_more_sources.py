@@ -22,7 +22,8 @@ def _png(value: int) -> bytes:
 
 
 def test_hf_datasetdict_with_images_and_class_labels(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
     train = datasets.Dataset.from_dict(
         {"image": [{"bytes": _png(i), "path": None} for i in range(6)], "label": [0, 1, 0, 1, 1, 0]}, features=features
@@ -41,7 +42,8 @@ def test_hf_datasetdict_with_images_and_class_labels(tmp_path: Path) -> None:
 
 
 def test_hf_dataset_of_float_lists(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     datasets.Dataset.from_dict({"x": x.tolist(), "y": [0, 1, 2, 0, 1]}).save_to_disk(str(tmp_path / "hf"))
     (path,) = ingest(tmp_path / "hf", tmp_path / "d", dtype="float32")
@@ -71,7 +73,8 @@ def test_webdataset_shards_in_order(tmp_path: Path) -> None:
 
 
 def test_webdataset_written_by_the_webdataset_package(tmp_path: Path) -> None:
-    wds = pytest.importorskip("webdataset")
+    import webdataset as wds
+
     with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
         for i in range(3):
             sink.write({"__key__": f"k{i}", "png": _png(i), "cls": i % 2})
